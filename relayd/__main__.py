@@ -1,0 +1,5 @@
+import sys
+
+from relayd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,87 @@
+"""Moving values between a PV's state and pcaspy's gdd containers.
+
+This is the hot path of the relay: every monitor event is one `event()` call, so it
+makes the fewest possible calls into the SWIG layer (a value gdd, the data, the time
+stamp, and the alarm only when there is one) and never goes through pcaspy's generic
+`gdd.put`, whose type dispatch costs more than the post itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pcaspy import cas
+
+from relayd.names import Kind, PVSpec
+from relayd.pvstate import PVState
+
+AIT = {Kind.FLOAT: cas.aitEnumFloat64, Kind.INT: cas.aitEnumInt32, Kind.CHAR: cas.aitEnumUint8}
+GDD_APP_VALUE = 16  # gddAppType_value
+
+# POSIX time of the EPICS epoch (1990-01-01), in nanoseconds.
+EPICS_EPOCH_NS = cas.POSIX_TIME_AT_EPICS_EPOCH * 1_000_000_000
+NS = 1_000_000_000
+
+_PUT_ARRAY = {
+    Kind.FLOAT: cas.gdd.putDoubleDataBuffer,
+    Kind.INT: cas.gdd.putIntDataBuffer,
+    Kind.CHAR: cas.gdd.putCharDataBuffer,
+}
+
+
+def wire_scalar(spec: PVSpec) -> bool:
+    """True when CA sees the PV as a scalar (count 1), text included."""
+    return spec.count == 1
+
+
+def epics_time(ts_ns: int) -> cas.epicsTimeStamp:
+    """An epicsTimeStamp for POSIX nanoseconds; times before 1990 become the epoch."""
+    if ts_ns <= EPICS_EPOCH_NS:
+        return cas.epicsTimeStamp(0, 0)
+    seconds, nsec = divmod(ts_ns - EPICS_EPOCH_NS, NS)
+    return cas.epicsTimeStamp(seconds, nsec)
+
+
+def fill(value: cas.gdd, state: PVState, stamp: cas.epicsTimeStamp | None = None) -> None:
+    """Put `state`'s value, alarm and time into the gdd `value`."""
+    spec = state.spec
+    served = state.served()
+    if spec.count == 1:
+        if value.primitiveType() == cas.aitEnumInvalid:
+            value.setPrimType(AIT[spec.kind])
+        value.putConvertNumeric(served[0] if spec.kind is Kind.CHAR else served)
+    else:
+        value.setDimension(1)
+        value.setBound(0, 0, len(served))
+        _PUT_ARRAY[spec.kind](value, served)
+    if state.severity or state.status:
+        value.setStatSevr(state.status, state.severity)
+    value.setTimeStamp(stamp if stamp is not None else epics_time(state.ts_ns))
+
+
+def event(state: PVState, stamp: cas.epicsTimeStamp | None = None) -> cas.gdd:
+    """A new value gdd for a monitor event of `state`."""
+    value = cas.gdd(GDD_APP_VALUE, AIT[state.spec.kind])
+    fill(value, state, stamp)
+    return value
+
+
+def extract(value: cas.gdd, spec: PVSpec) -> object:
+    """The data of a CA put as plain Python, for `values.convert`.
+
+    The CA server library has already converted the put to the PV's native type, so a
+    scalar is one number and an array is a list of numbers (bytes for char PVs).
+    """
+    if value.isScalar():
+        number = value.getConvertNumeric()
+        if spec.kind is Kind.CHAR:
+            return bytes([int(number) & 0xFF])
+        if spec.kind is Kind.INT:
+            return int(number)
+        return number
+    count = value.getDataSizeElements()
+    if spec.kind is Kind.CHAR:
+        return bytes(value.getCharArray(count))
+    data = value.getNumericArray(count)
+    if spec.kind is Kind.INT:
+        return np.array(data, dtype=np.int64)
+    return np.array(data, dtype=np.float64)

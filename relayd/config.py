@@ -1,0 +1,107 @@
+"""relayd's configuration: one frozen object built from the command line and a file.
+
+Precedence is command line, then the ``--config`` TOML file, then the defaults here.
+The EPICS server environment (EPICS_CA_SERVER_PORT, EPICS_CAS_INTF_ADDR_LIST,
+EPICS_CA_MAX_ARRAY_BYTES, ...) is read by the CA server library itself and is not
+duplicated here; see `epics_env`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass, fields
+from typing import Any, Sequence
+
+from relayd.names import NameLimits, validate_prefix
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything relayd's processes need to know, passed down as one value."""
+
+    prefix: str = "relay"
+    max_name_length: int = 128
+    max_elements: int = 1_000_000
+    max_pvs: int = 100_000
+    max_placeholders: int = 10_000
+    status_interval: float = 1.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        validate_prefix(self.prefix)
+        for name in ("max_name_length", "max_elements", "max_pvs", "max_placeholders"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.status_interval <= 0:
+            raise ValueError("status_interval must be > 0")
+
+    @property
+    def name_limits(self) -> NameLimits:
+        return NameLimits(self.max_name_length, self.max_elements)
+
+
+# Help text for each option; the keys are also the keys accepted in the TOML file.
+HELP = {
+    "prefix": "PV name prefix; relay PVs are <prefix>:<name>_<dtype><count>",
+    "max_name_length": "longest full PV name accepted",
+    "max_elements": "most elements one PV may hold",
+    "max_pvs": "most PVs the relay holds",
+    "max_placeholders": "most names watched by clients before any value arrived",
+    "status_interval": "seconds between refreshes of the status PVs",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one option per Config field (defaults shown in --help)."""
+    parser.add_argument("--config", metavar="FILE", help="TOML file with any of the options below")
+    for field in fields(Config):
+        flag = "--" + field.name.replace("_", "-")
+        kind = type(field.default)
+        parser.add_argument(
+            flag,
+            dest=field.name,
+            type=kind,
+            default=None,
+            metavar=field.name.upper(),
+            help=f"{HELP[field.name]} (default: {field.default})",
+        )
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """Options from a TOML file: top-level keys, or a [relayd] table."""
+    with open(path, "rb") as handle:
+        data = tomllib.load(handle)
+    data = data.get("relayd", data)
+    known = {f.name for f in fields(Config)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown option(s) {', '.join(unknown)}")
+    return data
+
+
+def from_args(args: argparse.Namespace) -> Config:
+    """The Config for parsed command-line `args` (reading --config if given)."""
+    values: dict[str, Any] = load_file(args.config) if args.config else {}
+    for field in fields(Config):
+        given = getattr(args, field.name, None)
+        if given is not None:
+            values[field.name] = given
+    return Config(**values)
+
+
+def parse(argv: Sequence[str]) -> Config:
+    parser = argparse.ArgumentParser(prog="relayd")
+    add_arguments(parser)
+    return from_args(parser.parse_args(argv))
+
+
+def replace(config: Config, **changes: Any) -> Config:
+    return dataclasses.replace(config, **changes)

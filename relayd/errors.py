@@ -1,0 +1,59 @@
+"""Why an update was refused: one small exception family and the reason codes.
+
+Every refusal in relayd, whatever path it came in on (a CA put, a ZMQ message, a put to
+the delete PV), is a `Refused` carrying one `Reason`. The reason's code is what the
+status counters, the log and the CA error path report, so an operator sees the same word
+for the same problem everywhere. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Reason(enum.Enum):
+    """A refusal reason: the value is the short code used in counters and logs."""
+
+    BAD_NAME = "badName"                    # not a name of the grammar
+    NAME_TOO_LONG = "nameTooLong"           # longer than the name limit
+    COUNT_LIMIT = "countLimit"              # element count above the per-PV limit
+    PV_LIMIT = "pvLimit"                    # the relay already holds its most PVs
+    PLACEHOLDER_LIMIT = "placeholderLimit"  # too many names monitored before creation
+    BAD_VALUE = "badValue"                  # value of the wrong type, or not convertible
+    TOO_MANY_ELEMENTS = "tooManyElements"   # more elements than the PV's count
+    NO_SUCH_PV = "noSuchPV"                 # delete of a name that holds no PV
+    READ_ONLY = "readOnly"                  # put to a status PV
+    MALFORMED = "malformed"                 # a message that does not decode
+    INTERNAL = "internal"                   # a bug in relayd; logged with a traceback
+
+    @property
+    def code(self) -> str:
+        return self.value
+
+    @property
+    def description(self) -> str:
+        return _DESCRIPTIONS[self]
+
+
+_DESCRIPTIONS = {
+    Reason.BAD_NAME: "the name is not <prefix>:<name>_<dtype><count>",
+    Reason.NAME_TOO_LONG: "the name is longer than --max-name-length",
+    Reason.COUNT_LIMIT: "the name asks for more elements than --max-elements",
+    Reason.PV_LIMIT: "the relay already holds --max-pvs PVs",
+    Reason.PLACEHOLDER_LIMIT: "--max-placeholders names are already watched before creation",
+    Reason.BAD_VALUE: "the value has the wrong type or cannot be converted",
+    Reason.TOO_MANY_ELEMENTS: "the value has more elements than the PV's count",
+    Reason.NO_SUCH_PV: "delete of a name that holds no PV, or put to a deleted PV",
+    Reason.READ_ONLY: "put to a read-only status PV",
+    Reason.MALFORMED: "a message that does not decode",
+    Reason.INTERNAL: "an internal error in relayd (logged with a traceback)",
+}
+
+
+class Refused(Exception):
+    """An update that relayd will not apply. Nothing was changed when this is raised."""
+
+    def __init__(self, reason: Reason, detail: str):
+        super().__init__(f"{reason.code}: {detail}")
+        self.reason = reason
+        self.detail = detail

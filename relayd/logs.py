@@ -1,0 +1,65 @@
+"""Logging set-up and rate limiting, so a misbehaving client cannot flood the log.
+
+Loggers are hierarchical (``relayd.ca``, ``relayd.ingest``, ``relayd.supervisor``...), all
+writing one line per record to stderr, where supervisord or a terminal collects them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Callable
+
+FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def setup(level: str | int = "INFO") -> None:
+    """Send every relayd record to stderr, one line each, at `level` and above."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    root = logging.getLogger("relayd")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+class RateLimitedLog:
+    """Logs at most `burst` records per key in each `period` seconds.
+
+    What is held back is not lost from view: the next record let through for that key
+    says how many similar ones were suppressed. Keys are refusal reasons, so one noisy
+    client cannot hide a different problem.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        burst: int = 5,
+        period: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.logger = logger
+        self.burst = burst
+        self.period = period
+        self._clock = clock
+        self._windows: dict[object, list] = {}  # key -> [window start, sent, suppressed]
+
+    def log(self, level: int, key: object, msg: str, *args: object, **kwargs: object) -> bool:
+        """Log unless `key` is over its budget; True if the record was emitted."""
+        now = self._clock()
+        window = self._windows.get(key)
+        if window is None or now - window[0] >= self.period:
+            suppressed = window[2] if window else 0
+            window = self._windows[key] = [now, 0, 0]
+            if suppressed:
+                msg += f" ({suppressed} similar messages suppressed)"
+        if window[1] >= self.burst:
+            window[2] += 1
+            return False
+        window[1] += 1
+        self.logger.log(level, msg, *args, **kwargs)  # type: ignore[arg-type]
+        return True
+
+    def warning(self, key: object, msg: str, *args: object) -> bool:
+        return self.log(logging.WARNING, key, msg, *args)

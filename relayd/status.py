@@ -1,0 +1,60 @@
+"""The status PVs: their names, types, meaning, and how each value is computed. Pure.
+
+Status and control PV names never end in ``_<dtype><count>``, so they can never collide
+with a relay PV (the tests check this for every name here). The README's table of
+status PVs is written from this list; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from relayd.errors import Reason
+from relayd.names import Kind
+from relayd.relay import Relay
+
+LAST_REFUSAL_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class StatusPV:
+    """One read-only status PV: `suffix` goes after ``<prefix>:``."""
+
+    suffix: str
+    kind: Kind
+    count: int
+    doc: str
+    compute: Callable[[Relay, float], object]
+
+
+def _reason_pv(reason: Reason) -> StatusPV:
+    return StatusPV(
+        f"status:refused:{reason.code}",
+        Kind.FLOAT,
+        1,
+        f"refusals because {reason.description}",
+        lambda relay, started: float(relay.stats.by_reason[reason]),
+    )
+
+
+STATUS_PVS: tuple[StatusPV, ...] = (
+    StatusPV("status:pvs", Kind.INT, 1, "number of PVs the relay holds",
+             lambda relay, started: len(relay.registry)),
+    StatusPV("status:placeholders", Kind.INT, 1,
+             "names watched by clients before any value arrived",
+             lambda relay, started: len(relay.registry.placeholders)),
+    StatusPV("status:accepted", Kind.FLOAT, 1, "updates accepted, all paths",
+             lambda relay, started: float(relay.stats.accepted)),
+    StatusPV("status:refused", Kind.FLOAT, 1,
+             "refusals, all paths and reasons (puts, updates, names searched beyond a limit)",
+             lambda relay, started: float(relay.stats.refused)),
+    StatusPV("status:deleted", Kind.FLOAT, 1, "PVs deleted",
+             lambda relay, started: float(relay.stats.deleted)),
+    StatusPV("status:lastRefusal", Kind.CHAR, LAST_REFUSAL_LENGTH,
+             "text of the last refusal: where it came from, the reason code and detail",
+             lambda relay, started: relay.stats.last_refusal.encode()[:LAST_REFUSAL_LENGTH]),
+    StatusPV("status:uptime", Kind.FLOAT, 1, "seconds since this CA server started",
+             lambda relay, started: round(time.monotonic() - started, 3)),
+) + tuple(_reason_pv(reason) for reason in Reason)

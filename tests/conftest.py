@@ -1,0 +1,109 @@
+"""Fixtures: relayd processes on loopback and the two CA clients.
+
+The EPICS environment is set here, at import, before pyepics or caproto is imported
+anywhere, because pyepics (libca) reads it only once per process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from tests.harness import (
+    CaprotoClient, PortPool, PyepicsClient, RelayProcess, free_port, unique_prefix,
+)
+
+PORT_POOL_SIZE = 16
+PORTS = PortPool(PORT_POOL_SIZE)
+
+# Beacons from every relay under test go to this socket, which nobody reads: without a
+# listener the CA server library logs "Connection refused" for every beacon.
+_BEACON_SINK = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+_BEACON_SINK.bind(("127.0.0.1", 0))
+
+os.environ.update(
+    EPICS_CA_ADDR_LIST=PORTS.addr_list(),
+    EPICS_CA_AUTO_ADDR_LIST="NO",
+    EPICS_CAS_INTF_ADDR_LIST="127.0.0.1",
+    EPICS_CAS_BEACON_ADDR_LIST="127.0.0.1",
+    EPICS_CAS_AUTO_BEACON_ADDR_LIST="NO",
+    EPICS_CAS_BEACON_PORT=str(_BEACON_SINK.getsockname()[1]),
+    EPICS_CA_REPEATER_PORT=str(free_port()),
+    EPICS_CA_CONN_TMO="5",
+    EPICS_CA_MAX_ARRAY_BYTES=str(20_000_000),
+)
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("relayd")
+
+
+@pytest.fixture(scope="session")
+def pyepics_client() -> PyepicsClient:
+    return PyepicsClient()
+
+
+@pytest.fixture(scope="session")
+def caproto_client() -> Iterator[CaprotoClient]:
+    client = CaprotoClient()
+    yield client
+    client.context.disconnect()
+
+
+@pytest.fixture(params=["pyepics", "caproto"])
+def client(request: pytest.FixtureRequest) -> PyepicsClient | CaprotoClient:
+    """Each end-to-end test that takes `client` runs once with each CA client."""
+    return request.getfixturevalue(f"{request.param}_client")
+
+
+@pytest.fixture
+def start_relay(session_dir: Path) -> Iterator[Callable[..., RelayProcess]]:
+    """Start relayd processes for one test; each is stopped (and checked) afterwards."""
+    started: list[RelayProcess] = []
+
+    def start(*args: str, prefix: str | None = None, wait: bool = True,
+              env: dict[str, str] | None = None) -> RelayProcess:
+        relay = RelayProcess(prefix or unique_prefix(), PORTS.take(), session_dir,
+                             list(args), dict(env or {}))
+        started.append(relay)
+        return relay.start(wait=wait)
+
+    yield start
+    failures = []
+    for relay in started:
+        code = relay.stop()
+        PORTS.give_back(relay.port)
+        if code != 0:
+            failures.append(f"relayd {relay.prefix} exited with {code}:\n{relay.log_text()}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.fixture(scope="module")
+def shared_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    """One relay for a whole test module; tests use names of their own on it."""
+    relay = RelayProcess(unique_prefix(), PORTS.take(), tmp_path_factory.mktemp("shared"))
+    relay.start()
+    yield relay
+    code = relay.stop()
+    PORTS.give_back(relay.port)
+    assert code == 0, relay.log_text()
+
+
+_counter = iter(range(1_000_000))
+
+
+@pytest.fixture
+def name() -> Callable[[str], str]:
+    """Make PV base names unique to this test: name("x_f1") -> "x<n>_f1"."""
+    serial = next(_counter)
+
+    def make(base_with_suffix: str) -> str:
+        base, _, suffix = base_with_suffix.rpartition("_")
+        return f"{base}{serial}_{suffix}"
+
+    return make

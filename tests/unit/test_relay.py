@@ -1,0 +1,260 @@
+"""The one place a put becomes a change (relayd.relay.Relay and Stats)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from relayd import alarm
+from relayd.errors import Reason, Refused
+from relayd.names import Grammar, NameLimits
+from relayd.pvstate import PVState
+from relayd.registry import Registry
+from relayd.relay import Relay, Stats
+
+
+class Holder:
+    def __init__(self, state: PVState):
+        self.state = state
+
+
+def make(max_pvs: int = 100, max_placeholders: int = 10) -> Relay[Holder]:
+    grammar = Grammar("P", NameLimits(max_name_length=64, max_elements=100))
+    registry = Registry(grammar, Holder, max_pvs=max_pvs, max_placeholders=max_placeholders)
+    return Relay(grammar, registry)
+
+
+def refusal(call, *args) -> Refused:
+    with pytest.raises(Refused) as info:
+        call(*args)
+    return info.value
+
+
+def snapshot(relay: Relay[Holder]) -> tuple:
+    registry = relay.registry
+    return (
+        dict(registry.pvs),
+        dict(registry.placeholders),
+        registry.version,
+        registry.pvlist(),
+        relay.stats.accepted,
+        relay.stats.deleted,
+    )
+
+
+# --- put ----------------------------------------------------------------------------------
+
+
+def test_put_creates_and_defines() -> None:
+    relay = make()
+    pv, alarm_changed = relay.put("x_f1", 2.5, 1000)
+    assert alarm_changed is True
+    assert relay.registry.get("P:x_f1") is pv
+    assert pv.state.served() == 2.5
+    assert pv.state.ts_ns == 1000
+    assert (pv.state.severity, pv.state.status) == (alarm.NO_ALARM, alarm.STAT_NONE)
+    again, alarm_changed = relay.put("x_f1", 3.5, 2000)
+    assert again is pv
+    assert alarm_changed is False
+    assert pv.state.served() == 3.5
+    assert pv.state.ts_ns == 2000
+    assert relay.stats.accepted == 2
+
+
+def test_put_with_and_without_prefix_reach_the_same_pv() -> None:
+    relay = make()
+    a, _ = relay.put("P:x_i1", 1, 1)
+    b, _ = relay.put("x_i1", 2, 2)
+    assert a is b
+    assert a.state.served() == 2
+    assert relay.registry.pvlist() == "P:x_i1"
+
+
+def test_put_promotes_a_placeholder() -> None:
+    relay = make()
+    watched = relay.registry.attach("P:w_F3")
+    pv, alarm_changed = relay.put("w_F3", [1.0, 2.0], 5)
+    assert pv is watched
+    assert alarm_changed is True
+    assert relay.registry.placeholders == {}
+    assert pv.state.served().tolist() == [1.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    "name, raw, reason",
+    [
+        ("x", 1.0, Reason.BAD_NAME),
+        ("x_f0", 1.0, Reason.BAD_NAME),
+        ("x_F1", 1.0, Reason.BAD_NAME),
+        ("x.VAL_f1", 1.0, Reason.BAD_NAME),
+        (" x_f1", 1.0, Reason.BAD_NAME),
+        ("x_f101", [1.0], Reason.COUNT_LIMIT),
+        ("a" * 70 + "_f1", 1.0, Reason.NAME_TOO_LONG),
+        ("x_f101", "text", Reason.COUNT_LIMIT),   # the name is checked before the value
+        ("x", "text", Reason.BAD_NAME),
+        ("new_f1", "text", Reason.BAD_VALUE),
+        ("new_i1", float("nan"), Reason.BAD_VALUE),
+        ("new_f2", [1, 2, 3], Reason.TOO_MANY_ELEMENTS),
+        ("new_c2", "abc", Reason.TOO_MANY_ELEMENTS),
+        ("new_C4", 7, Reason.BAD_VALUE),
+    ],
+)
+def test_refused_put_creates_nothing(name: str, raw: object, reason: Reason) -> None:
+    relay = make()
+    relay.put("keep_f1", 1.0, 1)
+    before = snapshot(relay)
+    assert refusal(relay.put, name, raw, 2).reason is reason
+    assert snapshot(relay) == before
+    assert relay.registry.get(relay.grammar.qualify(name)) is None
+
+
+@pytest.mark.parametrize(
+    "name, good, bad",
+    [
+        ("x_f1", 1.5, "2.5"),
+        ("x_i1", 7, 2**31),
+        ("x_f3", [1.0, 2.0], [1.0, 2.0, 3.0, 4.0]),
+        ("x_c4", "ab", "abcde"),
+        ("x_F3", [1.0, 2.0], [[1.0]]),
+        ("x_I3", [1, 2], [float("inf")]),
+        ("x_C4", "ab", "abcde"),
+    ],
+)
+def test_refused_put_changes_nothing_already_there(name: str, good: object, bad: object) -> None:
+    relay = make()
+    pv, _ = relay.put(name, good, 10)
+    served = pv.state.served()
+    served = served.copy() if isinstance(served, np.ndarray) else served
+    before = snapshot(relay)
+    assert refusal(relay.put, name, bad, 20).reason in (
+        Reason.BAD_VALUE, Reason.TOO_MANY_ELEMENTS
+    )
+    assert snapshot(relay) == before
+    now = pv.state.served()
+    if isinstance(served, np.ndarray):
+        assert now.tolist() == served.tolist()
+    else:
+        assert now == served
+    assert pv.state.ts_ns == 10
+    assert (pv.state.severity, pv.state.status) == (alarm.NO_ALARM, alarm.STAT_NONE)
+
+
+def test_refused_put_leaves_a_placeholder_undefined() -> None:
+    relay = make()
+    watched = relay.registry.attach("P:w_i1")
+    assert refusal(relay.put, "w_i1", "one", 1).reason is Reason.BAD_VALUE
+    assert relay.registry.placeholders == {"P:w_i1": watched}
+    assert relay.registry.pvs == {}
+    assert watched.state.defined is False
+    assert (watched.state.severity, watched.state.status) == (alarm.INVALID, alarm.STAT_UDF)
+
+
+def test_pv_limit_refuses_new_names_only() -> None:
+    relay = make(max_pvs=1)
+    pv, _ = relay.put("a_f1", 1.0, 1)
+    before = snapshot(relay)
+    assert refusal(relay.put, "b_f1", 2.0, 2).reason is Reason.PV_LIMIT
+    assert snapshot(relay) == before
+    again, _ = relay.put("a_f1", 3.0, 3)
+    assert again is pv
+    assert pv.state.served() == 3.0
+    assert relay.stats.accepted == 2
+
+
+def test_put_spec_and_apply() -> None:
+    relay = make()
+    spec = relay.grammar.spec_for("s_i2")
+    pv, changed = relay.put_spec(spec, [1.9, -1.9], 7)
+    assert changed is True
+    assert pv.state.served().tolist() == [1, -1]
+    pv2, changed = relay.apply(spec, np.array([5, 6], dtype=np.int32), 8)
+    assert pv2 is pv
+    assert changed is False
+    assert pv.state.served().tolist() == [5, 6]
+    assert relay.stats.accepted == 2
+
+
+# --- delete -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["x_f1", "P:x_f1", "  x_f1  ", "P:x_f1\n"])
+def test_delete_with_and_without_prefix(name: str) -> None:
+    relay = make()
+    pv, _ = relay.put("x_f1", 1.0, 1)
+    assert relay.delete(name) is pv
+    assert relay.registry.get("P:x_f1") is None
+    assert relay.registry.pvlist() == ""
+    assert relay.stats.deleted == 1
+
+
+@pytest.mark.parametrize("name", ["", "x", "P:pvlist", "P:delpv", "x_f1.VAL", "x_F1"])
+def test_delete_refuses_bad_names(name: str) -> None:
+    relay = make()
+    relay.put("x_f1", 1.0, 1)
+    before = snapshot(relay)
+    error = refusal(relay.delete, name)
+    assert error.reason is Reason.BAD_NAME
+    assert repr(name) in error.detail
+    assert snapshot(relay) == before
+
+
+def test_delete_of_a_missing_pv() -> None:
+    relay = make()
+    relay.registry.attach("P:w_f1")
+    assert refusal(relay.delete, "y_f1").reason is Reason.NO_SUCH_PV
+    assert refusal(relay.delete, "w_f1").reason is Reason.NO_SUCH_PV
+    assert relay.stats.deleted == 0
+    assert "P:w_f1" in relay.registry.placeholders
+
+
+def test_delete_then_put_creates_anew() -> None:
+    relay = make()
+    first, _ = relay.put("x_F3", [1.0, 2.0], 1)
+    relay.delete("x_F3")
+    second, changed = relay.put("x_F3", [3.0], 2)
+    assert second is not first
+    assert changed is True
+    assert second.state.served().tolist() == [3.0]
+    assert relay.registry.version == 3
+
+
+# --- stats --------------------------------------------------------------------------------
+
+
+def test_stats_start_at_zero() -> None:
+    stats = Stats()
+    assert (stats.accepted, stats.refused, stats.deleted) == (0, 0, 0)
+    assert stats.last_refusal == ""
+    assert stats.by_reason[Reason.BAD_NAME] == 0
+
+
+def test_stats_count_refusals() -> None:
+    stats = Stats()
+    first = Refused(Reason.BAD_VALUE, "P:x_f1: nope")
+    text = stats.count_refusal(first, "ca 127.0.0.1:5064")
+    assert text == "ca 127.0.0.1:5064: badValue: P:x_f1: nope"
+    assert stats.last_refusal == text
+    stats.count_refusal(Refused(Reason.BAD_VALUE, "again"), "zmq")
+    stats.count_refusal(Refused(Reason.NO_SUCH_PV, "P:y_f1: no such PV"), "delpv")
+    assert stats.refused == 3
+    assert stats.by_reason[Reason.BAD_VALUE] == 2
+    assert stats.by_reason[Reason.NO_SUCH_PV] == 1
+    assert stats.by_reason[Reason.PV_LIMIT] == 0
+    assert stats.last_refusal == "delpv: noSuchPV: P:y_f1: no such PV"
+
+
+def test_relay_counts_accepted_and_deleted_not_refusals() -> None:
+    relay = make()
+    relay.put("a_f1", 1.0, 1)
+    relay.put("a_f1", 2.0, 2)
+    relay.put("b_c8", "hi", 3)
+    with pytest.raises(Refused):
+        relay.put("a_f1", "bad", 4)
+    relay.delete("b_c8")
+    with pytest.raises(Refused):
+        relay.delete("b_c8")
+    assert relay.stats.accepted == 3
+    assert relay.stats.deleted == 1
+    # Counting a refusal is the caller's job, once, with its source.
+    assert relay.stats.refused == 0
+    assert sum(relay.stats.by_reason.values()) == 0

@@ -1,0 +1,72 @@
+"""Status and control PV names can never be relay PV names (relayd.status)."""
+
+from __future__ import annotations
+
+import pytest
+
+from relayd.errors import Reason, Refused
+from relayd.names import Grammar, NameLimits
+from relayd.registry import Registry
+from relayd.relay import Relay
+from relayd.status import STATUS_PVS
+
+PREFIXES = ["relay", "P", "lab:bl1", "x_f1", "a-b_c2", "X_F10"]
+CONTROL_SUFFIXES = ["pvlist", "delpv"]
+SUFFIXES = [status.suffix for status in STATUS_PVS] + CONTROL_SUFFIXES
+
+
+class Holder:
+    def __init__(self, state):
+        self.state = state
+
+
+def test_there_are_status_pvs_for_each_reason() -> None:
+    suffixes = {status.suffix for status in STATUS_PVS}
+    assert len(suffixes) == len(STATUS_PVS)
+    for reason in Reason:
+        assert f"status:refused:{reason.code}" in suffixes
+    assert {"status:pvs", "status:placeholders", "status:accepted", "status:refused",
+            "status:deleted", "status:lastRefusal", "status:uptime"} <= suffixes
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_status_names_are_not_relay_names(prefix: str, suffix: str) -> None:
+    grammar = Grammar(prefix, NameLimits(max_name_length=1000, max_elements=10**9))
+    full = f"{prefix}:{suffix}"
+    assert grammar.parse(full) is None
+    with pytest.raises(Refused) as info:
+        grammar.spec_for(suffix)
+    assert info.value.reason is Reason.BAD_NAME
+    registry = Registry(grammar, Holder)
+    assert registry.search(full) is False
+    assert registry.attach(full) is None
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_status_names_cannot_be_put_or_deleted_through_the_relay(suffix: str) -> None:
+    grammar = Grammar("relay")
+    relay = Relay(grammar, Registry(grammar, Holder))
+    with pytest.raises(Refused) as info:
+        relay.put(suffix, 1.0, 1)
+    assert info.value.reason is Reason.BAD_NAME
+    with pytest.raises(Refused) as info:
+        relay.delete(suffix)
+    assert info.value.reason is Reason.BAD_NAME
+    assert relay.registry.pvs == {}
+
+
+def test_status_values_compute_from_the_relay() -> None:
+    grammar = Grammar("relay")
+    relay = Relay(grammar, Registry(grammar, Holder))
+    relay.put("a_f1", 1.0, 1)
+    relay.registry.attach("relay:w_f1")
+    relay.stats.count_refusal(Refused(Reason.BAD_VALUE, "relay:a_f1: nope"), "zmq")
+    by_suffix = {status.suffix: status for status in STATUS_PVS}
+    assert by_suffix["status:pvs"].compute(relay, 0.0) == 1
+    assert by_suffix["status:placeholders"].compute(relay, 0.0) == 1
+    assert by_suffix["status:accepted"].compute(relay, 0.0) == 1.0
+    assert by_suffix["status:refused"].compute(relay, 0.0) == 1.0
+    assert by_suffix["status:refused:badValue"].compute(relay, 0.0) == 1.0
+    assert by_suffix["status:refused:badName"].compute(relay, 0.0) == 0.0
+    assert by_suffix["status:lastRefusal"].compute(relay, 0.0) == b"zmq: badValue: relay:a_f1: nope"
