@@ -22,6 +22,17 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _check_type(name: str, value: Any, kind: type) -> None:
+    """Refuse a value of the wrong type with a ValueError that names the option."""
+    if kind is float and type(value) is int:
+        return  # 1 is a fine value for a float option
+    if type(value) is not kind and not (kind is tuple and isinstance(value, (tuple, list))):
+        raise ValueError(f"{name} must be {kind.__name__}, not {type(value).__name__} {value!r}")
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything relayd's processes need to know, passed down as one value."""
@@ -35,12 +46,16 @@ class Config:
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
+        for field in fields(self):
+            _check_type(field.name, getattr(self, field.name), type(field.default))
         validate_prefix(self.prefix)
         for name in ("max_name_length", "max_elements", "max_pvs", "max_placeholders"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.status_interval <= 0:
             raise ValueError("status_interval must be > 0")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
 
     @property
     def name_limits(self) -> NameLimits:
@@ -78,8 +93,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load_file(path: str) -> dict[str, Any]:
     """Options from a TOML file: top-level keys, or a [relayd] table."""
     with open(path, "rb") as handle:
-        data = tomllib.load(handle)
-    data = data.get("relayd", data)
+        try:
+            data = tomllib.load(handle)
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"{path}: {error}") from None
+    if "relayd" in data:
+        others = sorted(set(data) - {"relayd"})
+        if others:
+            raise ValueError(f"{path}: option(s) {', '.join(others)} outside [relayd]")
+        data = data["relayd"]
     known = {f.name for f in fields(Config)}
     unknown = sorted(set(data) - known)
     if unknown:

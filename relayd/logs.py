@@ -20,7 +20,7 @@ def setup(level: str | int = "INFO") -> None:
     handler.setFormatter(logging.Formatter(FORMAT))
     root = logging.getLogger("relayd")
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
     root.propagate = False
 
 

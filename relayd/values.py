@@ -127,7 +127,10 @@ def _int_array(spec: PVSpec, array: np.ndarray) -> np.ndarray:
 
 def _text(spec: PVSpec, raw: object) -> bytes:
     if isinstance(raw, str):
-        data = raw.encode("utf-8")
+        try:
+            data = raw.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise _bad(spec, f"text that is not valid Unicode ({error.reason})")
     elif isinstance(raw, (bytes, bytearray, memoryview)):
         data = bytes(raw)
     elif isinstance(raw, np.ndarray) and raw.dtype in (np.uint8, np.int8) and raw.ndim == 1:
