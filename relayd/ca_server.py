@@ -4,24 +4,20 @@
 holds no state of its own beyond what it is given: the `Relay` (pure write logic and
 registry) and the `ControlPVs`. pcaspy's module-level registry (``pcaspy.driver.manager``)
 is never used; each relay's PVs live in its own `Registry`, and each CA server runs in a
-process of its own.
-
-`serve()` is the CA process's main loop: it lets the CA library handle network traffic,
-then does the relay's own periodic work, and stops when asked.
+process of its own (see `ca_process`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from typing import Any
 
 from pcaspy import cas
 
 from relayd.ca_pvs import DBE_ALL, DBE_VALUE_LOG, ServedPV, guarded, put_source
 from relayd.config import Config
 from relayd.control import ControlPVs
-from relayd.epics_env import raise_max_array_bytes
 from relayd.errors import Reason, Refused
 from relayd.logs import RateLimitedLog
 from relayd.names import Grammar
@@ -41,9 +37,6 @@ PUT_STATUS = {
     Reason.NO_SUCH_PV: cas.S_casApp_pvNotFound,
     Reason.READ_ONLY: cas.S_cas_noWrite,
 }
-
-# How long one call into the CA library may wait for network traffic, in seconds.
-POLL_INTERVAL = 0.05
 
 
 class CAServer(cas.caServer):
@@ -116,11 +109,12 @@ class CAServer(cas.caServer):
 
     # --- the relay's own work ------------------------------------------------------
 
-    def delete(self, name: str, source: str) -> None:
+    def delete(self, name: str, source: str) -> ServedPV:
         """Delete a PV; its clients are disconnected at the end of this cycle."""
         pv = self.relay.delete(name)
         self._graveyard.append(pv)
         log.info("deleted %s (%s)", pv.state.spec.name, source)
+        return pv
 
     def end_cycle(self) -> None:
         """Free what was dropped during the last processing cycle."""
@@ -131,22 +125,3 @@ class CAServer(cas.caServer):
         self._graveyard.clear()
         self.relay.registry.pvs.clear()
         self.relay.registry.placeholders.clear()
-
-
-def serve(config: Config, stopping: Callable[[], bool]) -> None:
-    """Run the CA server for `config` until `stopping()` returns True."""
-    raise_max_array_bytes(config)
-    server = CAServer(config)
-    log.info("serving PVs %s:<name>_<dtype><count> over Channel Access", config.prefix)
-    next_refresh = time.monotonic() + config.status_interval
-    try:
-        while not stopping():
-            cas.process(POLL_INTERVAL)
-            server.end_cycle()
-            now = time.monotonic()
-            if now >= next_refresh:
-                server.control.refresh(time.time_ns())
-                next_refresh = now + config.status_interval
-    finally:
-        server.close()
-    log.info("CA server stopped")

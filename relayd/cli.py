@@ -38,14 +38,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"relayd: {error}", file=sys.stderr)
         return 2
     logs.setup(config.log_level)
-    stop = StopFlag()
-    stop.install()
-    from relayd.ca_server import serve  # imports pcaspy: keep --help fast and light
+    set_title("relayd: supervisor")
+    from relayd.supervisor import Supervisor
 
-    serve(config, stop)
-    if stop.signal is not None:
-        log.info("stopped by %s", signal.Signals(stop.signal).name)
-    return 0
+    code = Supervisor(config).run()
+    if code == 0:
+        log.info("relayd stopped")
+    else:
+        log.error("relayd exits with code %d", code)
+    return code
+
+
+def set_title(title: str) -> None:
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(title)
+    except ImportError:
+        pass
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from dataclasses import dataclass, fields
 from typing import Any, Sequence
@@ -44,10 +45,25 @@ class Config:
     max_placeholders: int = 10_000
     status_interval: float = 1.0
     log_level: str = "INFO"
+    zmq_bind: tuple = ("tcp://127.0.0.1:5555",)
+    zmq_rcvhwm: int = 1000
+    zmq_max_message_size: int = 64 * 1024 * 1024
+    pipe_buffer: int = 4 * 1024 * 1024
+    stop_grace: float = 10.0
+    heartbeat_timeout: float = 20.0
 
     def __post_init__(self) -> None:
         for field in fields(self):
             _check_type(field.name, getattr(self, field.name), type(field.default))
+        object.__setattr__(self, "zmq_bind", tuple(self.zmq_bind))
+        if not self.zmq_bind or not all(isinstance(e, str) and e for e in self.zmq_bind):
+            raise ValueError("zmq_bind needs at least one endpoint")
+        for name in ("zmq_rcvhwm", "zmq_max_message_size", "pipe_buffer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        for name in ("stop_grace", "heartbeat_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
         validate_prefix(self.prefix)
         for name in ("max_name_length", "max_elements", "max_pvs", "max_placeholders"):
             if getattr(self, name) < 1:
@@ -61,6 +77,14 @@ class Config:
     def name_limits(self) -> NameLimits:
         return NameLimits(self.max_name_length, self.max_elements)
 
+    def to_json(self) -> str:
+        """The config as JSON, to hand to a child process."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        return cls(**json.loads(text))
+
 
 # Help text for each option; the keys are also the keys accepted in the TOML file.
 HELP = {
@@ -71,6 +95,13 @@ HELP = {
     "max_placeholders": "most names watched by clients before any value arrived",
     "status_interval": "seconds between refreshes of the status PVs",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "zmq_bind": "ZMQ endpoint the ingest PULL socket binds; repeat for several "
+                "(binding beyond loopback must be asked for explicitly)",
+    "zmq_rcvhwm": "ZMQ receive high-water mark of the ingest socket, in messages",
+    "zmq_max_message_size": "largest ZMQ message accepted, in bytes (ZMQ_MAXMSGSIZE)",
+    "pipe_buffer": "bytes the internal pipe from the ingest worker to the CA process buffers",
+    "stop_grace": "seconds children get to stop on SIGTERM before they are killed",
+    "heartbeat_timeout": "seconds without a heartbeat after which a child is restarted",
 }
 
 
@@ -80,6 +111,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for field in fields(Config):
         flag = "--" + field.name.replace("_", "-")
         kind = type(field.default)
+        if kind is tuple:
+            parser.add_argument(
+                flag, dest=field.name, action="append", default=None,
+                metavar=field.name.split("_")[-1].upper(),
+                help=f"{HELP[field.name]} (default: {' '.join(field.default)})",
+            )
+            continue
         parser.add_argument(
             flag,
             dest=field.name,

@@ -115,13 +115,20 @@ class RelayProcess:
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
+    zmq_port: int = field(default_factory=lambda: free_port((socket.SOCK_STREAM,)))
+
+    @property
+    def endpoint(self) -> str:
+        """The ZMQ endpoint the relay's ingest worker binds."""
+        return f"tcp://127.0.0.1:{self.zmq_port}"
 
     @property
     def log_path(self) -> Path:
         return self.workdir / f"relayd-{self.prefix}.log"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "relayd", "--prefix", self.prefix, *self.args]
+        zmq = [] if "--zmq-bind" in self.args else ["--zmq-bind", self.endpoint]
+        return [sys.executable, "-m", "relayd", "--prefix", self.prefix, *zmq, *self.args]
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -159,7 +166,8 @@ class RelayProcess:
                 raise RuntimeError(
                     f"relayd exited with {self.process.returncode}:\n{self.log_text()}"
                 )
-            return "serving PVs" in self.log_text()
+            text = self.log_text()
+            return "ca-server ready" in text and "ingest ready" in text
 
         deadline = time.monotonic() + timeout
         while not ready():
@@ -169,11 +177,36 @@ class RelayProcess:
 
     @property
     def pid(self) -> int:
+        """The supervisor's pid."""
         assert self.process is not None
         return self.process.pid
 
-    def rss_kib(self) -> int:
-        with open(f"/proc/{self.pid}/status") as status:
+    def child_pids(self) -> dict[str, int]:
+        """{"ca-server": pid, "ingest": pid} of the children running now."""
+        children = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid != self.pid:
+                continue
+            for role in ("ca-server", "ingest"):
+                if f"relayd: {role}".encode() in cmdline:
+                    children[role] = int(entry.name)
+        return children
+
+    def ca_pid(self) -> int:
+        return wait_for(lambda: self.child_pids().get("ca-server"), what="the CA child")
+
+    def rss_kib(self, pid: int | None = None) -> int:
+        """Resident memory of the CA process (or of `pid`)."""
+        pid = pid or self.ca_pid()
+        with open(f"/proc/{pid}/status") as status:
             for line in status:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])

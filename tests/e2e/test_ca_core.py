@@ -375,7 +375,8 @@ def test_sigint_stops_cleanly(start_relay):
     relay = start_relay()
     relay.process.send_signal(signal.SIGINT)
     assert relay.process.wait(10) == 0
-    assert "stopped by SIGINT" in relay.log_text()
+    assert "SIGINT received: stopping" in relay.log_text()
+    assert "relayd stopped" in relay.log_text()
 
 
 def test_array_limit_is_raised_and_said(start_relay):

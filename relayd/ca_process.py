@@ -1,0 +1,119 @@
+"""The CA server process: serves every PV and applies what the ingest worker forwards.
+
+One loop, one thread doing the relay's work (a second thread only wakes it, see
+`wakeup`):
+
+1. ``cas.process`` lets the CA library answer searches, reads, puts and send monitor
+   events. It waits for network traffic up to IDLE seconds, or not at all while ingest
+   data is waiting; the wake-up thread interrupts the wait when the pipe fills.
+2. The pipe is drained for at most INGEST_BUDGET seconds, then CA gets its turn again:
+   heavy ingest is interleaved with CA service, it never starves clients.
+3. Once per second or so: heartbeat to the supervisor, restart counts from it, status
+   PVs, pipe backlog.
+
+On SIGTERM the loop stops, applies what is still in the pipe (bounded by DRAIN_ON_STOP),
+and exits.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import time
+from typing import Callable
+
+from pcaspy import cas
+
+from relayd.ca_ingest import PipeIngest
+from relayd.ca_server import CAServer
+from relayd.child import BootError
+from relayd.config import Config
+from relayd.epics_env import raise_max_array_bytes
+from relayd.lifeline import Lifeline
+from relayd.pipe import PipeReader, backlog
+from relayd.wakeup import Wakeup
+
+log = logging.getLogger("relayd.ca")
+
+IDLE = 0.2  # longest wait in the CA library when nothing happens, seconds
+INGEST_BUDGET = 0.005  # longest stretch of applying ingest before serving CA again
+HOUSEKEEPING = 0.5  # seconds between heartbeats and lifeline checks
+DRAIN_ON_STOP = 2.0  # seconds allowed to apply what is left in the pipe when stopping
+
+
+def check_ca_port(environ: dict[str, str] = os.environ) -> None:
+    """Fail with a one-line reason if pcas could not bind its UDP port.
+
+    pcas aborts the whole process (an uncaught C++ exception) when it cannot bind, which
+    the supervisor could not tell from a crash. Binding the same way first (with
+    SO_REUSEADDR, as pcas does, so that several CA servers may share the port) turns
+    that into a clear boot failure.
+    """
+    port = int(environ.get("EPICS_CAS_SERVER_PORT") or environ.get("EPICS_CA_SERVER_PORT") or 5064)
+    interfaces = (environ.get("EPICS_CAS_INTF_ADDR_LIST") or "0.0.0.0").split()
+    for interface in interfaces:
+        host = interface.split(":")[0]
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+        except OSError as error:
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            if error.errno == errno.EADDRINUSE:
+                reason += " by a program that does not share it"
+            raise BootError(f"cannot use CA port {host}:{port}: {reason}") from None
+        finally:
+            probe.close()
+
+
+def run(
+    config: Config,
+    pipe: socket.socket,
+    pipe_writer: socket.socket | None,
+    lifeline: Lifeline,
+    stopping: Callable[[], bool],
+) -> None:
+    """Serve until `stopping()` or until the supervisor goes away."""
+    raise_max_array_bytes(config)
+    check_ca_port()
+    server = CAServer(config)
+    reader = PipeReader(pipe)
+    ingest = PipeIngest(server, reader)
+    wakeup = Wakeup(reader.fileno()).start()
+    stats = server.relay.stats
+    log.info("serving PVs %s:<name>_<dtype><count> over Channel Access", config.prefix)
+    lifeline.send(ready=True)
+    next_housekeeping = 0.0
+    next_refresh = time.monotonic() + config.status_interval
+    empty = True
+    try:
+        while not stopping():
+            cas.process(IDLE if empty else 0.0)
+            empty = ingest.drain(INGEST_BUDGET)
+            if empty:
+                wakeup.drained()
+            server.end_cycle()
+            now = time.monotonic()
+            if now >= next_housekeeping:
+                next_housekeeping = now + HOUSEKEEPING
+                lifeline.send(beat=True)
+                for message in lifeline.receive():
+                    if "restarts" in message:
+                        stats.restarts = dict(message["restarts"])
+                if lifeline.closed:
+                    log.warning("the supervisor has gone; stopping")
+                    break
+            if now >= next_refresh:
+                next_refresh = now + config.status_interval
+                if pipe_writer is not None:
+                    stats.pipe_backlog = backlog(pipe_writer)
+                server.control.refresh(time.time_ns())
+        deadline = time.monotonic() + DRAIN_ON_STOP
+        while not ingest.drain(INGEST_BUDGET) and time.monotonic() < deadline:
+            cas.process(0.0)
+    finally:
+        wakeup.stop()
+        server.close()
+    log.info("CA server stopped")

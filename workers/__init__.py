@@ -1,0 +1,1 @@
+"""relayd's worker processes (started by the relayd supervisor, never by hand)."""

@@ -1,0 +1,224 @@
+"""The ZMQ ingest worker: receives pushed updates, validates them, forwards them.
+
+It binds a PULL socket on every ``--zmq-bind`` endpoint. Each message is decoded with
+the wire protocol (`relayd.protocol`), each update's name parsed and its value converted
+with the same grammar and rules as a CA put (`relayd.names`, `relayd.values`), and what
+passes is forwarded to the CA process over the internal pipe (`relayd.pipe`), one batch
+per ZMQ message. What does not pass is dropped, counted by reason, logged
+(rate-limited), and reported to the CA process with the next forward, so the status
+PVs show it. One bad update in a batch never discards the good ones. Nothing a client
+sends can make the worker raise: every message is handled inside one try.
+
+`Ingest` holds the validation and the counters and does no I/O; `run` is the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from collections import Counter
+from typing import Callable
+from urllib.parse import urlsplit
+
+import zmq
+
+from relayd import protocol
+from relayd.child import BootError
+from relayd.config import Config
+from relayd.errors import Reason, Refused
+from relayd.lifeline import Lifeline
+from relayd.logs import RateLimitedLog
+from relayd.names import Grammar
+from relayd.pipe import DELETE, PUT, Forward, PipeWriter, encode_forward
+from relayd.values import convert
+
+log = logging.getLogger("relayd.ingest")
+
+HOUSEKEEPING = 0.5  # seconds between heartbeats and lifeline checks
+MAX_MESSAGES_PER_FORWARD = 2000  # ZMQ messages gathered into one pipe message at most
+MAX_FORWARD_BYTES = 4 * 1024 * 1024  # and ZMQ bytes
+PIPE_RETRY = 0.5  # seconds a forward waits for room in the pipe before a heartbeat
+
+
+class Ingest:
+    """Turns ZMQ messages into validated batches and keeps the worker's counters."""
+
+    def __init__(self, grammar: Grammar):
+        self.grammar = grammar
+        self._messages = 0
+        self._updates = 0
+        self._refused: Counter[str] = Counter()
+        self._last_refusal = ""
+        self._log = RateLimitedLog(log)
+
+    def refuse(self, refused: Refused, source: str) -> None:
+        self._refused[refused.reason.code] += 1
+        self._last_refusal = f"{source}: {refused}"
+        self._log.warning(refused.reason, "refused %s", self._last_refusal)
+
+    def handle(self, message: bytes, arrival_ns: int, source: str = "ZMQ update") -> list[tuple]:
+        """The accepted updates of one message, as pipe ops (see `relayd.pipe.Forward`)."""
+        self._messages += 1
+        try:
+            decoded = protocol.decode(message)
+        except Refused as refused:
+            self.refuse(refused, source)
+            return []
+        self._updates += len(decoded.updates) + len(decoded.refused)
+        for refused in decoded.refused:
+            self.refuse(refused, source)
+        ops = []
+        for update in decoded.updates:
+            try:
+                ops.append(self._op(update, arrival_ns))
+            except Refused as refused:
+                self.refuse(refused, source)
+        return ops
+
+    def _op(self, update: protocol.Update, arrival_ns: int) -> tuple:
+        spec = self.grammar.spec_for(update.pv)
+        if update.op == "delete":
+            return (DELETE, spec.name, None, 0)
+        stored = convert(spec, update.value)
+        ts_ns = arrival_ns if update.ts is None else round(update.ts * 1_000_000) * 1000
+        return (PUT, spec.name, stored, ts_ns)
+
+    def take_counters(self) -> dict:
+        """Counters since the last call (for `relay.Stats.merge_worker`), then reset."""
+        counters: dict = {}
+        if self._messages:
+            counters["messages"] = self._messages
+        if self._updates:
+            counters["updates"] = self._updates
+        if self._refused:
+            counters["refused"] = dict(self._refused)
+            counters["last_refusal"] = self._last_refusal
+        self._messages = self._updates = 0
+        self._refused.clear()
+        return counters
+
+
+def is_local(endpoint: str) -> bool:
+    """True for endpoints only this host can reach (loopback TCP, ipc, inproc)."""
+    parts = urlsplit(endpoint)
+    if parts.scheme in ("ipc", "inproc"):
+        return True
+    host = (parts.hostname or "").strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def bind(config: Config) -> tuple[zmq.Context, zmq.Socket]:
+    """The PULL socket, bound on every endpoint; `BootError` if one cannot be bound."""
+    context = zmq.Context()
+    sock = context.socket(zmq.PULL)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, config.zmq_rcvhwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, config.zmq_max_message_size)
+    for endpoint in config.zmq_bind:
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as error:
+            sock.close()
+            context.term()
+            raise BootError(f"cannot bind ZMQ endpoint {endpoint}: {error.strerror}") from None
+        if not is_local(endpoint):
+            log.warning("ZMQ ingest bound beyond loopback on %s: any host that reaches it "
+                        "may publish and delete PVs", endpoint)
+    return context, sock
+
+
+def run(config: Config, pipe: socket.socket, lifeline: Lifeline,
+        stopping: Callable[[], bool]) -> None:
+    """Receive, validate and forward until `stopping()` or the supervisor goes away."""
+    context, sock = bind(config)
+    ingest = Ingest(Grammar(config.prefix, config.name_limits))
+    writer = PipeWriter(pipe)
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    # A signal (SIGTERM) must end the poll at once, not after its timeout.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    poller.register(wake_r, zmq.POLLIN)
+    log.info("receiving updates on %s", " ".join(config.zmq_bind))
+    lifeline.send(ready=True)
+    seq = 0
+    next_housekeeping = 0.0
+    try:
+        while not stopping() and not lifeline.closed:
+            events = dict(poller.poll(int(HOUSEKEEPING * 1000)))
+            if wake_r in events:
+                _drain_fd(wake_r)
+            if sock in events:
+                batches = gather(sock, ingest)
+                seq += 1
+                forward = Forward(seq, time.monotonic_ns(), batches, ingest.take_counters())
+                if not send(writer, encode_forward(forward), lifeline, stopping):
+                    break
+            now = time.monotonic()
+            if now >= next_housekeeping:
+                next_housekeeping = now + HOUSEKEEPING
+                housekeeping(lifeline)
+                counters = ingest.take_counters()
+                if counters:
+                    seq += 1
+                    forward = Forward(seq, time.monotonic_ns(), [], counters)
+                    send(writer, encode_forward(forward), lifeline, stopping)
+    finally:
+        signal.set_wakeup_fd(-1)
+        os.close(wake_r)
+        os.close(wake_w)
+        sock.close()
+        context.term()
+    log.info("ingest worker stopped")
+
+
+def gather(sock: zmq.Socket, ingest: Ingest) -> list[list[tuple]]:
+    """Every message waiting (up to a bound), as batches of accepted ops."""
+    batches = []
+    size = 0
+    for _ in range(MAX_MESSAGES_PER_FORWARD):
+        try:
+            frame = sock.recv(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            break
+        data = frame.bytes
+        size += len(data)
+        try:
+            ops = ingest.handle(data, time.time_ns())
+        except Exception:  # a bug, not the client's fault: keep serving
+            log.exception("internal error handling a ZMQ message")
+            ingest.refuse(Refused(Reason.INTERNAL, "message dropped"), "ZMQ update")
+            continue
+        if ops:
+            batches.append(ops)
+        if size >= MAX_FORWARD_BYTES:
+            break
+    return batches
+
+
+def send(writer: PipeWriter, payload: bytes, lifeline: Lifeline,
+         stopping: Callable[[], bool]) -> bool:
+    """Forward one message, waiting while the pipe is full; False if told to stop."""
+    while not writer.send(payload, PIPE_RETRY):
+        housekeeping(lifeline)
+        if stopping() or lifeline.closed:
+            return False
+    return True
+
+
+def _drain_fd(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def housekeeping(lifeline: Lifeline) -> None:
+    lifeline.send(beat=True)
+    lifeline.receive()
