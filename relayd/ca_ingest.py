@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 
 from relayd.ca_pvs import DBE_ALL, DBE_VALUE_LOG, ServedPV
 from relayd.ca_server import CAServer
 from relayd.errors import Reason, Refused
-from relayd.pipe import DELETE, PUT, Forward, PipeReader, decode_forward
+from relayd.pipe import DELETE, PUT, PipeReader, decode_forward
 
 log = logging.getLogger("relayd.ca")
 
@@ -35,31 +36,47 @@ class PipeIngest:
         self.reader = reader
         self.relay = server.relay
         self.stats = server.relay.stats
+        self._pending: deque[list] = deque()  # batches read but not yet applied
+        self._sent_ns = 0  # when the worker sent the forward they came in
 
-    def drain(self, budget: float) -> bool:
-        """Apply waiting messages for up to `budget` seconds; True if the pipe is empty."""
+    def drain(self, max_updates: int, budget: float) -> bool:
+        """Apply waiting batches; True once the pipe is empty.
+
+        Stops early, returning False, after `max_updates` updates or `budget` seconds,
+        so that the CA library gets its turn. Within one cycle each PV should get only
+        a few events: pcas queues at most a few events per monitor between two calls
+        to ``cas.process`` and merges the rest, so a bounded cycle is also what lets a
+        fast client receive every update.
+        """
         deadline = time.perf_counter() + budget
+        applied = 0
         while True:
-            payload = self.reader.read()
-            if payload is None:
-                return True
-            try:
-                forward = decode_forward(payload)
-            except Exception as error:
-                self.server.report(
-                    Refused(Reason.INTERNAL, f"undecodable pipe message: {error!r}"), "pipe"
-                )
+            if not self._pending:
+                payload = self.reader.read()
+                if payload is None:
+                    return True
+                self._take(payload)
                 continue
-            self.apply(forward)
-            if time.perf_counter() > deadline:
+            batch = self._pending.popleft()
+            self.apply_batch(batch)
+            applied += len(batch)
+            if not self._pending:
+                self.stats.pipe_lag = max(0, time.monotonic_ns() - self._sent_ns) / 1e9
+            if applied >= max_updates or time.perf_counter() > deadline:
                 return False
 
-    def apply(self, forward: Forward) -> None:
+    def _take(self, payload: bytes) -> None:
+        try:
+            forward = decode_forward(payload)
+        except Exception as error:
+            self.server.report(
+                Refused(Reason.INTERNAL, f"undecodable pipe message: {error!r}"), "pipe"
+            )
+            return
         if forward.counters:
             self.stats.merge_worker(forward.counters)
-        for batch in forward.batches:
-            self.apply_batch(batch)
-        self.stats.pipe_lag = max(0, time.monotonic_ns() - forward.sent_ns) / 1e9
+        self._pending.extend(forward.batches)
+        self._sent_ns = forward.sent_ns
 
     def apply_batch(self, ops: list) -> None:
         """Apply one ZMQ message's updates, then post each touched PV once."""

@@ -28,8 +28,8 @@ from pcaspy import cas
 
 from relayd.ca_ingest import PipeIngest
 from relayd.ca_server import CAServer
-from relayd.child import BootError
 from relayd.config import Config
+from relayd.errors import BootError
 from relayd.epics_env import raise_max_array_bytes
 from relayd.lifeline import Lifeline
 from relayd.pipe import PipeReader, backlog
@@ -39,6 +39,7 @@ log = logging.getLogger("relayd.ca")
 
 IDLE = 0.2  # longest wait in the CA library when nothing happens, seconds
 INGEST_BUDGET = 0.005  # longest stretch of applying ingest before serving CA again
+CYCLE_UPDATES = 2000  # most updates applied between two turns of the CA library
 HOUSEKEEPING = 0.5  # seconds between heartbeats and lifeline checks
 DRAIN_ON_STOP = 2.0  # seconds allowed to apply what is left in the pipe when stopping
 
@@ -91,7 +92,7 @@ def run(
     try:
         while not stopping():
             cas.process(IDLE if empty else 0.0)
-            empty = ingest.drain(INGEST_BUDGET)
+            empty = ingest.drain(CYCLE_UPDATES, INGEST_BUDGET)
             if empty:
                 wakeup.drained()
             server.end_cycle()
@@ -111,7 +112,7 @@ def run(
                     stats.pipe_backlog = backlog(pipe_writer)
                 server.control.refresh(time.time_ns())
         deadline = time.monotonic() + DRAIN_ON_STOP
-        while not ingest.drain(INGEST_BUDGET) and time.monotonic() < deadline:
+        while not ingest.drain(CYCLE_UPDATES, INGEST_BUDGET) and time.monotonic() < deadline:
             cas.process(0.0)
     finally:
         wakeup.stop()

@@ -21,6 +21,7 @@ from typing import Sequence
 from relayd import logs
 from relayd.cli import StopFlag, set_title
 from relayd.config import Config
+from relayd.errors import BootError
 from relayd.lifeline import Lifeline
 
 # Exit code of a child that cannot boot (bad config, address in use...): the supervisor
@@ -30,10 +31,6 @@ BOOT_FAILED = 3
 TITLES = {"ca-server": "relayd: ca-server", "ingest": "relayd: ingest"}
 
 log = logging.getLogger("relayd")
-
-
-class BootError(Exception):
-    """This child cannot start; the message is the one-line reason."""
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -92,5 +89,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def exit_now(code: int) -> None:
+    """Leave without interpreter finalisation.
+
+    By now the child has finished its work and flushed what it must. Finalisation would
+    tear down modules while pcas still holds SWIG director objects whose methods it may
+    call, which aborts the process instead of letting it exit with its code.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -50,6 +50,11 @@ _DESCRIPTIONS = {
 }
 
 
+class BootError(Exception):
+    """A process of relayd cannot start (bad config, address in use); the message is the
+    one-line reason the supervisor reports before it stops."""
+
+
 class Refused(Exception):
     """An update that relayd will not apply. Nothing was changed when this is raised."""
 

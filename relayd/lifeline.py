@@ -67,7 +67,7 @@ class Lifeline:
                 break
             try:
                 message = json.loads(packet)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if isinstance(message, dict):
                 messages.append(message)

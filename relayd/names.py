@@ -42,6 +42,7 @@ class Kind(enum.Enum):
 
 
 _ITEMSIZE = {Kind.FLOAT: 8, Kind.INT: 4, Kind.CHAR: 1}
+_KIND_OF_LETTER = {letter: Kind(letter.lower()) for letter in "ficFIC"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +128,7 @@ class Grammar:
                 Reason.COUNT_LIMIT,
                 f"{full_name}: {count_text} elements, limit {self.limits.max_elements}",
             )
-        return PVSpec(full_name, Kind(dtype.lower()), count, buffer)
+        return PVSpec(full_name, _KIND_OF_LETTER[dtype], count, buffer)
 
     def spec_for(self, name: str) -> PVSpec:
         """Like `parse` after `qualify`, but a name that is not ours is refused too.

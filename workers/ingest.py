@@ -26,12 +26,11 @@ from urllib.parse import urlsplit
 import zmq
 
 from relayd import protocol
-from relayd.child import BootError
 from relayd.config import Config
-from relayd.errors import Reason, Refused
+from relayd.errors import BootError, Reason, Refused
 from relayd.lifeline import Lifeline
 from relayd.logs import RateLimitedLog
-from relayd.names import Grammar
+from relayd.names import Grammar, PVSpec
 from relayd.pipe import DELETE, PUT, Forward, PipeWriter, encode_forward
 from relayd.values import convert
 
@@ -46,8 +45,11 @@ PIPE_RETRY = 0.5  # seconds a forward waits for room in the pipe before a heartb
 class Ingest:
     """Turns ZMQ messages into validated batches and keeps the worker's counters."""
 
-    def __init__(self, grammar: Grammar):
+    def __init__(self, grammar: Grammar, cache_size: int = 200_000):
         self.grammar = grammar
+        # Parsed names: publishers send the same names over and over.
+        self._specs: dict[str, PVSpec] = {}
+        self._cache_size = cache_size
         self._messages = 0
         self._updates = 0
         self._refused: Counter[str] = Counter()
@@ -79,7 +81,12 @@ class Ingest:
         return ops
 
     def _op(self, update: protocol.Update, arrival_ns: int) -> tuple:
-        spec = self.grammar.spec_for(update.pv)
+        spec = self._specs.get(update.pv)
+        if spec is None:
+            spec = self.grammar.spec_for(update.pv)
+            if len(self._specs) >= self._cache_size:
+                self._specs.clear()
+            self._specs[update.pv] = spec
         if update.op == "delete":
             return (DELETE, spec.name, None, 0)
         stored = convert(spec, update.value)
