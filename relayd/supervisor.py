@@ -253,6 +253,7 @@ class Supervisor:
             code = self.running[role].process.poll()
             if code is None:
                 continue
+            self._messages(role)  # what it said last (a fatal reason) before it died
             self._forget(role)
             child = self.children[role]
             action = child.exited(code, self.clock())

@@ -1,0 +1,387 @@
+"""The internal pipe (relayd.pipe): framing, resync, Forward messages, the two ends."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import struct
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relayd.pipe import (
+    CHUNK, DELETE, PUT, Forward, PipeReader, PipeWriter, Reassembler, backlog,
+    decode_forward, encode_forward, packets, socket_pair,
+)
+from tests.harness import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+HEADER = struct.calcsize("!IHH")
+
+
+def payload(size: int, tag: int = 0) -> bytes:
+    """`size` bytes that differ from any other tag's at every position past the first."""
+    head = struct.pack("!I", tag)[:size]
+    return head + bytes([tag % 251]) * (size - len(head))
+
+
+def reassemble(packet_list: list[bytes], reassembler: Reassembler | None = None) -> list[bytes]:
+    reassembler = reassembler if reassembler is not None else Reassembler()
+    out = []
+    for packet in packet_list:
+        message = reassembler.feed(packet)
+        if message is not None:
+            out.append(message)
+    return out
+
+
+# --- framing ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size, chunks", [
+    (0, 1), (1, 1), (CHUNK - 1, 1), (CHUNK, 1), (CHUNK + 1, 2), (3 * CHUNK, 3),
+    (5 * 1024 * 1024 + 3, -(-(5 * 1024 * 1024 + 3) // CHUNK)),
+])
+def test_round_trip(size: int, chunks: int) -> None:
+    data = os.urandom(size)
+    sent = list(packets(42, data))
+    assert len(sent) == chunks
+    assert all(len(p) <= CHUNK + HEADER for p in sent)
+    reassembler = Reassembler()
+    assert [reassembler.feed(p) for p in sent[:-1]] == [None] * (chunks - 1)
+    assert reassembler.feed(sent[-1]) == data
+    assert reassembler.dropped == 0
+
+
+def test_header_carries_id_index_count() -> None:
+    sent = list(packets(0x1_0000_0007, b"x" * (2 * CHUNK + 1)))
+    headers = [struct.unpack_from("!IHH", p) for p in sent]
+    assert headers == [(7, 0, 3), (7, 1, 3), (7, 2, 3)]  # the id wraps at 32 bits
+
+
+def test_messages_in_sequence() -> None:
+    messages = [payload(size, tag) for tag, size in enumerate([0, 5, CHUNK, CHUNK + 1, 1])]
+    stream = [p for tag, m in enumerate(messages) for p in packets(tag, m)]
+    assert reassemble(stream) == messages
+
+
+def test_tail_of_message_with_lost_head_is_dropped() -> None:
+    first = payload(3 * CHUNK, 1)
+    second = payload(2 * CHUNK + 10, 2)
+    tail = list(packets(1, first))[1:]
+    reassembler = Reassembler()
+    assert reassemble(tail, reassembler) == []
+    assert reassembler.dropped == 2
+    assert reassemble(list(packets(2, second)), reassembler) == [second]
+    assert reassembler.dropped == 2
+
+
+def test_restarted_reader_starts_mid_message() -> None:
+    """A fresh Reassembler (a restarted CA process) joining in the middle resyncs."""
+    old = list(packets(5, payload(4 * CHUNK, 5)))
+    new = payload(10, 6)
+    reassembler = Reassembler()
+    assert reassemble(old[2:] + list(packets(6, new)), reassembler) == [new]
+    assert reassembler.dropped == 2
+
+
+def test_new_first_chunk_abandons_the_message_in_progress() -> None:
+    old = list(packets(1, payload(3 * CHUNK, 1)))
+    new = payload(CHUNK + 5, 2)
+    reassembler = Reassembler()
+    assert reassemble(old[:2], reassembler) == []
+    assert reassemble(list(packets(2, new)), reassembler) == [new]
+    assert reassembler.dropped == 2
+    assert reassemble(old[2:], reassembler) == []  # the old tail, late: dropped too
+    assert reassembler.dropped == 3
+
+
+def test_single_chunk_message_abandons_the_message_in_progress() -> None:
+    old = list(packets(1, payload(2 * CHUNK, 1)))
+    small = payload(7, 2)
+    reassembler = Reassembler()
+    assert reassemble([old[0], *packets(2, small), old[1]], reassembler) == [small]
+    assert reassembler.dropped == 2
+
+
+def test_lost_middle_chunk_drops_the_message() -> None:
+    old = list(packets(1, payload(3 * CHUNK, 1)))
+    nxt = payload(CHUNK + 1, 2)
+    reassembler = Reassembler()
+    assert reassemble([old[0], old[2], *packets(2, nxt)], reassembler) == [nxt]
+    assert reassembler.dropped == 2
+
+
+def test_short_packet_is_dropped() -> None:
+    reassembler = Reassembler()
+    assert reassembler.feed(b"\x00\x01") is None
+    assert reassembler.dropped == 1
+    assert reassembler.feed(next(packets(3, b"ok"))) == b"ok"
+
+
+SIZES = st.one_of(
+    st.sampled_from([0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, 2 * CHUNK + 1]),
+    st.integers(0, 3 * CHUNK),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(SIZES, min_size=1, max_size=12),
+    first_id=st.integers(0, 2**32 - 1),
+    data=st.data(),
+)
+def test_lost_packets_never_produce_a_wrong_message(sizes: list[int], first_id: int,
+                                                    data: st.DataObject) -> None:
+    messages = [payload(size, tag) for tag, size in enumerate(sizes)]
+    framed = [list(packets(first_id + tag, m)) for tag, m in enumerate(messages)]
+    stream = [(tag, p) for tag, ps in enumerate(framed) for p in ps]
+    kept = data.draw(st.lists(st.booleans(), min_size=len(stream), max_size=len(stream)))
+    start = data.draw(st.integers(0, len(stream)))  # a reader that joins late
+    delivered = [(tag, p) for i, (tag, p) in enumerate(stream) if kept[i] and i >= start]
+
+    reassembler = Reassembler()
+    out = reassemble([p for _, p in delivered], reassembler)
+
+    whole = [
+        tag for tag, ps in enumerate(framed)
+        if sum(1 for t, _ in delivered if t == tag) == len(ps)
+    ]
+    # Every message that arrived whole comes out, in order, and nothing else does.
+    assert out == [messages[tag] for tag in whole]
+    # A last small message comes out too, and every packet not used is counted dropped.
+    sentinel = b"sentinel"
+    assert reassemble(list(packets(first_id + len(sizes), sentinel)), reassembler) == [sentinel]
+    used = sum(len(framed[tag]) for tag in whole)
+    assert reassembler.dropped == len(delivered) - used
+
+
+# --- Forward messages ---------------------------------------------------------------------
+
+
+def op_tuple(op: list) -> tuple:
+    return tuple(op)
+
+
+def test_forward_round_trip() -> None:
+    floats = np.array([1.5, -0.0, np.nan, np.inf, -np.inf, 1e308, 5e-324])
+    ints = np.array([0, -1, 2**31 - 1, -(2**31)], dtype=np.int32)
+    chars = np.array([0, 1, 255], dtype=np.uint8)
+    ts = 1_700_000_000_123_456_000
+    forward = Forward(
+        seq=2**40, sent_ns=time.monotonic_ns(),
+        batches=[
+            [(PUT, "p:a_F10", floats, ts), (PUT, "p:b_i4", ints, ts),
+             (PUT, "p:c_i3", chars, ts)],
+            [(PUT, "p:d_f1", 2.5, ts), (PUT, "p:e_f1", math.nan, 1), (PUT, "p:f_f1", -math.inf, 2),
+             (PUT, "p:g_i1", -(2**31), 3), (PUT, "p:h_c8", b"te\x00xt\xff", 4),
+             (PUT, "p:i_c8", b"", 5), (DELETE, "p:j_f1", None, 0)],
+            [],
+        ],
+        counters={"messages": 3, "updates": 9, "refused": {"badName": 2, "malformed": 1},
+                  "last_refusal": "ZMQ update: badName: 'x'"},
+    )
+    back = decode_forward(encode_forward(forward))
+    assert back.seq == forward.seq and back.sent_ns == forward.sent_ns
+    assert back.counters == forward.counters
+    assert len(back.batches) == 3 and back.batches[2] == []
+
+    arrays = back.batches[0]
+    for got, (op, name, value, ts_ns) in zip(arrays, forward.batches[0]):
+        assert (got[0], got[1], got[3]) == (op, name, ts_ns)
+        assert isinstance(got[2], np.ndarray)
+        assert got[2].dtype == value.dtype
+        assert got[2].tobytes() == value.tobytes()  # bit for bit (NaN, -0.0, denormals)
+        assert got[2].flags.writeable and got[2].flags.owndata
+        got[2][0] = 0  # a writable copy, not a view of the payload
+
+    scalars = back.batches[1]
+    assert op_tuple(scalars[0]) == (PUT, "p:d_f1", 2.5, ts)
+    assert type(scalars[0][2]) is float
+    assert math.isnan(scalars[1][2])
+    assert scalars[2][2] == -math.inf
+    assert op_tuple(scalars[3]) == (PUT, "p:g_i1", -(2**31), 3) and type(scalars[3][2]) is int
+    assert op_tuple(scalars[4]) == (PUT, "p:h_c8", b"te\x00xt\xff", 4)
+    assert type(scalars[4][2]) is bytes
+    assert op_tuple(scalars[5]) == (PUT, "p:i_c8", b"", 5)
+    assert op_tuple(scalars[6]) == (DELETE, "p:j_f1", None, 0)
+
+
+def test_forward_int_extremes_and_empty_arrays() -> None:
+    forward = Forward(0, 0, [[(PUT, "n", 2**64 - 1, -(2**63)),
+                             (PUT, "m", np.zeros(0, dtype=np.float64), 0),
+                             (PUT, "o", np.zeros(0, dtype=np.int32), 0)]], {})
+    back = decode_forward(encode_forward(forward))
+    assert back.batches[0][0] == [PUT, "n", 2**64 - 1, -(2**63)]
+    assert back.batches[0][1][2].dtype == np.float64 and back.batches[0][1][2].size == 0
+    assert back.batches[0][2][2].dtype == np.int32 and back.batches[0][2][2].size == 0
+    assert back.counters == {}
+
+
+def test_forward_non_contiguous_array() -> None:
+    values = np.arange(20.0)[::3]
+    back = decode_forward(encode_forward(Forward(1, 1, [[(PUT, "n", values, 0)]])))
+    np.testing.assert_array_equal(back.batches[0][0][2], values)
+
+
+@pytest.mark.parametrize("value", [
+    np.array([1.0], dtype=np.float32),
+    np.array([1], dtype=np.int64),
+    np.array([1 + 2j]),
+    object(),
+    {1, 2},
+    1 + 2j,
+])
+def test_forward_unsupported_type(value: object) -> None:
+    with pytest.raises(TypeError):
+        encode_forward(Forward(1, 1, [[(PUT, "n", value, 0)]]))
+
+
+# --- the two ends over a real socket pair -------------------------------------------------
+
+
+@pytest.fixture
+def pipe():
+    reader_sock, writer_sock = socket_pair(1 << 20)
+    try:
+        yield PipeReader(reader_sock), PipeWriter(writer_sock)
+    finally:
+        reader_sock.close()
+        writer_sock.close()
+
+
+def read_one(reader: PipeReader, timeout: float = 10.0) -> bytes:
+    """The next message (which may be b"", so not through wait_for's truthiness)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        message = reader.read()
+        if message is not None:
+            return message
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no message on the pipe within {timeout} s")
+        time.sleep(0.001)
+
+
+def in_thread(target, timeout: float) -> tuple[bool, list]:
+    """Run `target` in a thread; (finished within `timeout`, [its result])."""
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(target()), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return not thread.is_alive(), result
+
+
+def test_sockets_are_seqpacket_and_inheritable() -> None:
+    reader, writer = socket_pair(1 << 20)
+    try:
+        for end in (reader, writer):
+            assert end.type == socket.SOCK_SEQPACKET and end.family == socket.AF_UNIX
+            assert end.get_inheritable()
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_large_message_arrives_whole(pipe) -> None:
+    reader, writer = pipe
+    data = os.urandom(5 * 1024 * 1024)
+    sent: list[bool] = []
+    thread = threading.Thread(target=lambda: sent.append(writer.send(data, 10.0)), daemon=True)
+    thread.start()  # 5 MB does not fit in the pipe: the writer waits for the reader
+    try:
+        assert read_one(reader) == data
+    finally:
+        thread.join(10.0)
+    assert sent == [True]
+    assert reader.read() is None
+    assert reader.dropped == 0
+
+
+def test_several_messages_in_order(pipe) -> None:
+    reader, writer = pipe
+    messages = [payload(size, tag) for tag, size in enumerate([0, 1, CHUNK, CHUNK + 1, 200_000])]
+    for message in messages:
+        assert writer.send(message, 5.0)
+    assert [read_one(reader) for _ in messages] == messages
+    assert reader.read() is None
+
+
+def test_read_returns_none_when_empty_without_blocking(pipe) -> None:
+    reader, writer = pipe
+    finished, result = in_thread(reader.read, 2.0)
+    if not finished:
+        writer.sock.shutdown(socket.SHUT_RDWR)  # let the stuck thread go
+    assert finished, "PipeReader.read blocked on an empty pipe"
+    assert result == [None]
+    assert writer.send(b"x", 1.0)
+    assert read_one(reader) == b"x"
+    started = time.monotonic()
+    assert reader.read() is None
+    assert time.monotonic() - started < 0.5
+
+
+def test_backlog_grows_on_write_and_drops_on_read(pipe) -> None:
+    reader, writer = pipe
+    empty = backlog(writer.sock)
+    assert empty == 0
+    data = payload(300_000, 1)
+    assert writer.send(data, 5.0)
+    assert backlog(writer.sock) >= len(data)
+    more = payload(100_000, 2)
+    before = backlog(writer.sock)
+    assert writer.send(more, 5.0)
+    assert backlog(writer.sock) >= before + len(more)
+    assert read_one(reader) == data
+    assert backlog(writer.sock) < before
+    assert read_one(reader) == more
+    wait_for(lambda: backlog(writer.sock) == empty, 2.0, what="an empty backlog")
+
+
+def fill(writer: PipeWriter) -> int:
+    """Write single-chunk messages until the pipe is full; the number written.
+
+    The packets go straight to the socket, without waiting, so that filling cannot hang
+    whatever PipeWriter does.
+    """
+    for count in range(100_000):
+        try:
+            writer.sock.send(next(packets(1000 + count, payload(CHUNK, count))),
+                             socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return count
+    raise AssertionError("the pipe never filled up")
+
+
+def test_send_times_out_when_the_reader_never_reads(pipe) -> None:
+    reader, writer = pipe
+    written = fill(writer)
+    assert written > 0
+    started = time.monotonic()
+    finished, result = in_thread(lambda: writer.send(b"late", 0.3), 10.0)
+    elapsed = time.monotonic() - started
+    if not finished:
+        reader.sock.close()  # EPIPE releases the stuck sender
+    assert finished, "PipeWriter.send hung on a full pipe"
+    assert result == [False]
+    assert 0.25 <= elapsed < 3.0
+    # What was written before is still there, whole, and the pipe works on.
+    assert [read_one(reader) for _ in range(written)] == [payload(CHUNK, i) for i in range(written)]
+    assert reader.read() is None
+    assert writer.send(b"after", 1.0)
+    assert read_one(reader) == b"after"
+
+
+def test_partial_message_after_timeout_is_dropped_by_the_reader(pipe) -> None:
+    reader, writer = pipe
+    big = payload(8 * 1024 * 1024, 9)  # far more than the pipe holds
+    assert writer.send(big, 0.2) is False
+    assert reader.read() is None  # the chunks that got in make no whole message
+    assert writer.send(b"next", 1.0)
+    assert read_one(reader) == b"next"
+    assert reader.dropped > 0
