@@ -85,3 +85,82 @@ def extract(value: cas.gdd, spec: PVSpec) -> object:
     if spec.kind is Kind.INT:
         return np.array(data, dtype=np.int64)
     return np.array(data, dtype=np.float64)
+
+
+# --- DBR_GR/DBR_CTRL containers -----------------------------------------------------------
+
+# gddAppType_dbr_ctrl_<type> and where the value sits in it. The members before the value
+# are: 1 units, 2 LOW, 3 HIGH, 4 LOLO, 5 HIHI, 6 DRVL, 7 DRVH, 8 LOPR, 9 HOPR, and for
+# doubles 10 PREC.
+CTRL_APP = {Kind.FLOAT: 34, Kind.INT: 33, Kind.CHAR: 32}
+CTRL_VALUE = {Kind.FLOAT: 11, Kind.INT: 10, Kind.CHAR: 10}
+CTRL_LIMITS = ((2, "low"), (3, "high"), (4, "lolo"), (5, "hihi"),
+               (6, "drvl"), (7, "drvh"), (8, "lopr"), (9, "hopr"))
+CONTROL_LOW, CONTROL_HIGH = 6, 7
+
+
+def ctrl_event(state: PVState, stamp: cas.epicsTimeStamp | None = None) -> cas.gdd:
+    """A DBR_CTRL container for a monitor event: value, alarm, time and attributes.
+
+    pcas fills a client's DBR_GR/DBR_CTRL monitor only from what is posted; a value-only
+    event would reset a display's units and limits to zero. PVs whose attributes are all
+    defaults post value-only events (cheaper, and all-zero is then the truth).
+    """
+    kind = state.spec.kind
+    meta = state.meta
+    container = cas.gdd.createDD(CTRL_APP[kind])
+    container[1].putConvertString(meta.egu)
+    for index, name in CTRL_LIMITS:
+        limit = getattr(meta, name)
+        container[index].putConvertNumeric(0.0 if limit is None else limit)
+    if kind is Kind.FLOAT:
+        container[10].putConvertNumeric(meta.prec)
+    fill(container[CTRL_VALUE[kind]], state, stamp)
+    return container
+
+
+def monitor_event(state: PVState, stamp: cas.epicsTimeStamp | None = None) -> cas.gdd:
+    """The gdd to post for `state`: with its attributes when it has any."""
+    if state.meta.has_display:
+        return ctrl_event(state, stamp)
+    return event(state, stamp)
+
+
+# --- record-style fields ------------------------------------------------------------------
+
+FIELD_AIT = {
+    "string": cas.aitEnumString,
+    "double": cas.aitEnumFloat64,
+    "short": cas.aitEnumInt16,
+    "long": cas.aitEnumInt32,
+    "enum": cas.aitEnumEnum16,
+}
+
+
+def fill_field(value: cas.gdd, ca_type: str, field_value: object, state: PVState) -> None:
+    """Put a field's value into `value`, with its PV's alarm and time (as a record does)."""
+    if value.primitiveType() == cas.aitEnumInvalid:
+        value.setPrimType(FIELD_AIT[ca_type])
+    if ca_type == "string":
+        value.putConvertString(str(field_value))
+    else:
+        value.putConvertNumeric(field_value)
+    if state.severity or state.status:
+        value.setStatSevr(state.status, state.severity)
+    value.setTimeStamp(epics_time(state.ts_ns))
+
+
+def field_event(ca_type: str, field_value: object, state: PVState) -> cas.gdd:
+    value = cas.gdd(GDD_APP_VALUE, FIELD_AIT[ca_type])
+    fill_field(value, ca_type, field_value, state)
+    return value
+
+
+def extract_field(value: cas.gdd, ca_type: str) -> object:
+    """A put to a field as plain Python (pcas has converted it to the field's type)."""
+    if ca_type == "string":
+        return value.getConvertString()
+    number = value.getConvertNumeric()
+    if ca_type in ("short", "long", "enum"):
+        return int(number)
+    return number

@@ -18,10 +18,12 @@ import logging
 import time
 from collections import deque
 
+from pcaspy import cas
+
 from relayd.ca_pvs import DBE_ALL, DBE_VALUE_LOG, ServedPV
 from relayd.ca_server import CAServer
 from relayd.errors import Reason, Refused
-from relayd.pipe import DELETE, PUT, PipeReader, decode_forward
+from relayd.pipe import DELETE, META, PUT, PipeReader, decode_forward
 
 log = logging.getLogger("relayd.ca")
 
@@ -82,14 +84,22 @@ class PipeIngest:
         """Apply one ZMQ message's updates, then post each touched PV once."""
         touched: dict[ServedPV, int] = {}
         pvs = self.relay.registry.pvs
-        for op, name, value, ts_ns in ops:
+        now = time.monotonic()
+        for op, name, value, ts_ns, meta in ops:
             try:
                 if op == PUT:
                     pv = pvs.get(name)
                     spec = pv.state.spec if pv is not None else self._spec(name)
-                    pv, alarm_changed = self.relay.apply(spec, value, ts_ns)
+                    pv, alarm_changed = self.relay.apply(spec, value, ts_ns, now, meta)
                     mask = touched.get(pv, DBE_VALUE_LOG)
-                    touched[pv] = mask | DBE_ALL if alarm_changed else mask
+                    if alarm_changed:
+                        mask |= DBE_ALL
+                    if meta:
+                        mask |= cas.DBE_PROPERTY
+                    touched[pv] = mask
+                elif op == META:
+                    pv, alarm_changed = self.relay.set_meta(name, meta)
+                    self.server.meta_changed(pv, alarm_changed, now)
                 elif op == DELETE:
                     touched.pop(self.server.delete(name, SOURCE), None)
             except Refused as refused:
@@ -98,7 +108,10 @@ class PipeIngest:
                 log.exception("internal error applying an update to %r", name)
                 self.server.report(Refused(Reason.INTERNAL, f"update to {name!r}"), SOURCE)
         for pv, mask in touched.items():
-            pv.post(mask)
+            if mask & cas.DBE_PROPERTY:
+                pv.post_property()
+                mask &= ~cas.DBE_PROPERTY
+            self.server.applied(pv, mask, now)
 
     def _spec(self, name: str):
         spec = self.relay.grammar.parse(name)

@@ -21,6 +21,7 @@ from pcaspy import cas
 
 from relayd import ca_gdd
 from relayd.logs import RateLimitedLog
+from relayd.meta import Field
 from relayd.pvstate import PVState
 from relayd.values import convert
 
@@ -29,6 +30,7 @@ _internal_errors = RateLimitedLog(log, burst=3, period=60.0)
 
 DBE_VALUE_LOG = cas.DBE_VALUE | cas.DBE_LOG
 DBE_ALL = cas.DBE_VALUE | cas.DBE_LOG | cas.DBE_ALARM
+_CTRL_APPS = frozenset(ca_gdd.CTRL_APP.values())
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -66,6 +68,10 @@ class Handler(Protocol):
 
     def ca_released(self, pv: "ServedPV") -> None: ...
 
+    def ca_field_put(self, pv: "FieldPV", client: Any, value: cas.gdd) -> int: ...
+
+    def ca_field_released(self, pv: "FieldPV") -> None: ...
+
 
 class ServedPV(cas.casPV):
     """One PV as the CA server library sees it."""
@@ -75,11 +81,29 @@ class ServedPV(cas.casPV):
         self.state = state
         self.handler = handler
         self.monitored = False
+        self.fields: dict[str, FieldPV] | None = None  # attached field PVs, by field name
 
     def post(self, mask: int = DBE_VALUE_LOG, stamp: cas.epicsTimeStamp | None = None) -> None:
         """Send the current state to every monitor (a no-op when no one monitors)."""
         if self.monitored:
-            self.postEvent(mask, ca_gdd.event(self.state, stamp))
+            self.postEvent(mask, ca_gdd.monitor_event(self.state, stamp))
+        if self.fields:
+            for field_pv in self.fields.values():
+                field_pv.post()
+
+    def post_property(self) -> None:
+        """Tell monitors that the PV's attributes changed (DBE_PROPERTY)."""
+        if self.monitored:
+            self.postEvent(cas.DBE_PROPERTY, ca_gdd.ctrl_event(self.state))
+
+    def field_pv(self, field: Field) -> "FieldPV":
+        """The CA PV of one of this PV's fields, made on first use."""
+        if self.fields is None:
+            self.fields = {}
+        field_pv = self.fields.get(field.name)
+        if field_pv is None:
+            field_pv = self.fields[field.name] = FieldPV(self, field, self.handler)
+        return field_pv
 
     # --- called by the CA server library -------------------------------------------
 
@@ -102,6 +126,58 @@ class ServedPV(cas.casPV):
     @guarded(cas.S_casApp_undefined)
     def getValue(self, value: cas.gdd) -> int:
         ca_gdd.fill(value, self.state)
+        return cas.S_casApp_success
+
+    @guarded(cas.S_cas_internal)
+    def read(self, ctx: Any, prototype: cas.gdd) -> int:
+        # pcaspy's read fills DBR_GR/DBR_CTRL from the get* methods below, but asks the
+        # same getHighLimit/getLowLimit for display and control limits; put DRVH/DRVL
+        # in the control slots afterwards.
+        status = cas.PV.read(self, ctx, prototype)
+        if status == cas.S_casApp_success and prototype.applicationType() in _CTRL_APPS:
+            meta = self.state.meta
+            prototype[ca_gdd.CONTROL_LOW].putConvertNumeric(meta.drvl)
+            prototype[ca_gdd.CONTROL_HIGH].putConvertNumeric(meta.drvh)
+        return status
+
+    @guarded(cas.S_casApp_success)
+    def getUnits(self, value: cas.gdd) -> int:
+        value.putConvertString(self.state.meta.egu)
+        return cas.S_casApp_success
+
+    @guarded(cas.S_casApp_success)
+    def getPrecision(self, value: cas.gdd) -> int:
+        value.putConvertNumeric(self.state.meta.prec)
+        return cas.S_casApp_success
+
+    @guarded(cas.S_casApp_success)
+    def getHighLimit(self, value: cas.gdd) -> int:
+        value.putConvertNumeric(self.state.meta.hopr)
+        return cas.S_casApp_success
+
+    @guarded(cas.S_casApp_success)
+    def getLowLimit(self, value: cas.gdd) -> int:
+        value.putConvertNumeric(self.state.meta.lopr)
+        return cas.S_casApp_success
+
+    @guarded(cas.S_casApp_success)
+    def getHighAlarmLimit(self, value: cas.gdd) -> int:
+        value.putConvertNumeric(self.state.field("HIHI"))
+        return cas.S_casApp_success
+
+    @guarded(cas.S_casApp_success)
+    def getLowAlarmLimit(self, value: cas.gdd) -> int:
+        value.putConvertNumeric(self.state.field("LOLO"))
+        return cas.S_casApp_success
+
+    @guarded(cas.S_casApp_success)
+    def getHighWarnLimit(self, value: cas.gdd) -> int:
+        value.putConvertNumeric(self.state.field("HIGH"))
+        return cas.S_casApp_success
+
+    @guarded(cas.S_casApp_success)
+    def getLowWarnLimit(self, value: cas.gdd) -> int:
+        value.putConvertNumeric(self.state.field("LOW"))
         return cas.S_casApp_success
 
     @guarded(cas.S_cas_internal)
@@ -157,3 +233,77 @@ class ComputedPV(ServedPV):
         self.refresh(time.time_ns())
         ca_gdd.fill(value, self.state)
         return cas.S_casApp_success
+
+
+class FieldPV(cas.casPV):
+    """A record-style field of a relay PV, ``NAME.FIELD``, as its own CA PV.
+
+    It holds nothing itself: reads come from the parent PV's state, writes go to the
+    handler, which changes the parent's attributes. The parent posts to its attached
+    field PVs whenever it changes, so a monitor on ``NAME.SEVR`` sees alarm changes.
+    """
+
+    def __init__(self, parent: ServedPV, field: Field, handler: Handler):
+        cas.casPV.__init__(self)
+        self.parent = parent
+        self.field = field
+        self.handler = handler
+        self.name = f"{parent.state.spec.name}.{field.name}"
+        self.monitored = False
+
+    def value(self) -> object:
+        return self.parent.state.field(self.field.name)
+
+    def post(self) -> None:
+        if self.monitored:
+            self.postEvent(DBE_VALUE_LOG, ca_gdd.field_event(
+                self.field.ca_type, self.value(), self.parent.state))
+
+    @guarded("")
+    def getName(self) -> str:
+        return self.name
+
+    @guarded(cas.aitEnumInvalid)
+    def bestExternalType(self) -> int:
+        return ca_gdd.FIELD_AIT[self.field.ca_type]
+
+    @guarded(0)
+    def maxDimension(self) -> int:
+        return 0
+
+    @guarded(1)
+    def maxBound(self, dimension: int) -> int:
+        return 1
+
+    @guarded(cas.S_casApp_undefined)
+    def getValue(self, value: cas.gdd) -> int:
+        ca_gdd.fill_field(value, self.field.ca_type, self.value(), self.parent.state)
+        return cas.S_casApp_success
+
+    @guarded(cas.S_casApp_success)
+    def getEnums(self, value: cas.gdd) -> int:
+        if self.field.menu:
+            value.put(list(self.field.menu))
+        return cas.S_casApp_success
+
+    @guarded(cas.S_cas_internal)
+    def write(self, client: Any, value: cas.gdd) -> int:
+        return self.handler.ca_field_put(self, client, value)
+
+    @guarded(cas.S_cas_internal)
+    def writeNotify(self, client: Any, value: cas.gdd) -> int:
+        return self.handler.ca_field_put(self, client, value)
+
+    @guarded(cas.S_casApp_success)
+    def interestRegister(self) -> int:
+        self.monitored = True
+        return cas.S_casApp_success
+
+    @guarded(None)
+    def interestDelete(self) -> None:
+        self.monitored = False
+
+    @guarded(None)
+    def destroy(self) -> None:
+        self.monitored = False
+        self.handler.ca_field_released(self)

@@ -15,15 +15,17 @@ from typing import Any
 
 from pcaspy import cas
 
-from relayd.ca_pvs import DBE_ALL, DBE_VALUE_LOG, ServedPV, guarded, put_source
+from relayd.ca_pvs import DBE_ALL, DBE_VALUE_LOG, FieldPV, ServedPV, guarded, put_source
 from relayd.config import Config
 from relayd.control import ControlPVs
 from relayd.errors import Reason, Refused
 from relayd.logs import RateLimitedLog
+from relayd.meta import FIELDS, Field, Meta, check_changes
 from relayd.names import Grammar
 from relayd.pvstate import PVState
 from relayd.registry import Registry
 from relayd.relay import Relay
+from relayd.staleness import StaleWatch
 from relayd import ca_gdd
 
 log = logging.getLogger("relayd.ca")
@@ -46,14 +48,16 @@ class CAServer(cas.caServer):
         cas.caServer.__init__(self)
         grammar = Grammar(config.prefix, config.name_limits)
         registry: Registry[ServedPV] = Registry(
-            grammar, self._new_pv, config.max_pvs, config.max_placeholders
+            grammar, self._new_pv, config.max_pvs, config.max_placeholders,
+            Meta(tmo=config.stale_timeout),
         )
         self.relay: Relay[ServedPV] = Relay(grammar, registry)
         self.control = ControlPVs(config, self.relay, self.delete, self.report)
+        self.stale_watch = StaleWatch()
         self._refusals = RateLimitedLog(log)
         # PVs dropped while the CA library may still be inside a call on them; they are
         # freed (and their clients disconnected) after the current processing cycle.
-        self._graveyard: list[ServedPV] = []
+        self._graveyard: list[Any] = []
 
     def _new_pv(self, state: PVState) -> ServedPV:
         return ServedPV(state, self)
@@ -71,7 +75,10 @@ class CAServer(cas.caServer):
         if name in self.control.by_name:
             return cas.pverExistsHere
         try:
-            found = self.relay.registry.search(name)
+            if "." in name:
+                found = self._field(name) is not None
+            else:
+                found = self.relay.registry.search(name)
         except Refused as refused:
             self.report(refused, "CA search")
             return cas.pverDoesNotExistHere
@@ -83,11 +90,34 @@ class CAServer(cas.caServer):
         if pv is not None:
             return pv
         try:
+            if "." in name:
+                found = self._field(name)
+                if found is None:
+                    return cas.S_casApp_pvNotFound
+                pv, field = found
+                return pv if field is None else pv.field_pv(field)
             pv = self.relay.registry.attach(name)
         except Refused as refused:
             self.report(refused, "CA connect")
             return cas.S_casApp_pvNotFound
         return pv if pv is not None else cas.S_casApp_pvNotFound
+
+    def _field(self, name: str) -> tuple[ServedPV, Field | None] | None:
+        """(PV, field) for ``NAME.FIELD`` (field None for VAL); None if not ours.
+
+        An unknown field is not answered. A known field of a name that holds no PV
+        (yet) is refused: fields exist only once their PV does.
+        """
+        base, _, field_name = name.rpartition(".")
+        field = FIELDS.get(field_name)
+        if field is None and field_name != "VAL":
+            return None
+        if self.relay.grammar.parse(base) is None:
+            return None
+        pv = self.relay.registry.get(base)
+        if pv is None:
+            raise Refused(Reason.NO_SUCH_PV, f"{name}: field of a PV that does not exist (yet)")
+        return pv, field
 
     # --- Handler of relay PVs ------------------------------------------------------
 
@@ -97,22 +127,75 @@ class CAServer(cas.caServer):
             if self.relay.registry.lookup(spec.name) is not pv:
                 raise Refused(Reason.NO_SUCH_PV, f"{spec.name} was deleted")
             raw = ca_gdd.extract(value, spec)
-            _, alarm_changed = self.relay.put_spec(spec, raw, time.time_ns())
+            now = time.monotonic()
+            _, alarm_changed = self.relay.put_spec(spec, raw, time.time_ns(), now)
         except Refused as refused:
             return self.report(refused, put_source(client))
-        pv.post(DBE_ALL if alarm_changed else DBE_VALUE_LOG)
+        self.applied(pv, DBE_ALL if alarm_changed else DBE_VALUE_LOG, now)
         return cas.S_casApp_success
 
     def ca_released(self, pv: ServedPV) -> None:
         if self.relay.registry.release(pv):
             self._graveyard.append(pv)
 
+    def ca_field_put(self, field_pv: FieldPV, client: Any, value: cas.gdd) -> int:
+        pv, field = field_pv.parent, field_pv.field
+        name = pv.state.spec.name
+        try:
+            if self.relay.registry.get(name) is not pv:
+                raise Refused(Reason.NO_SUCH_PV, f"{name} was deleted")
+            if not field.writable:
+                raise Refused(Reason.READ_ONLY, f"{field_pv.name} is read-only")
+            raw = ca_gdd.extract_field(value, field.ca_type)
+            changes = check_changes({field.attribute: raw})
+            _, alarm_changed = self.relay.set_meta(name, changes)
+        except Refused as refused:
+            return self.report(refused, put_source(client))
+        self.meta_changed(pv, alarm_changed, time.monotonic())
+        return cas.S_casApp_success
+
+    def ca_field_released(self, field_pv: FieldPV) -> None:
+        fields = field_pv.parent.fields
+        if fields and fields.get(field_pv.field.name) is field_pv:
+            del fields[field_pv.field.name]
+            self._graveyard.append(field_pv)
+
+    # --- after a change ------------------------------------------------------------------
+
+    def applied(self, pv: ServedPV, mask: int, now: float) -> None:
+        """A value was applied to `pv`: post it, and watch it if it may go stale."""
+        pv.post(mask)
+        if pv.state.meta.tmo > 0:
+            self.stale_watch.watch(pv.state, now)
+
+    def meta_changed(self, pv: ServedPV, alarm_changed: bool, now: float) -> None:
+        """`pv`'s attributes changed: tell DBE_PROPERTY monitors, and the rest if needed."""
+        pv.post_property()
+        if alarm_changed:
+            pv.post(cas.DBE_ALARM | DBE_VALUE_LOG)
+        elif pv.fields:
+            for field_pv in pv.fields.values():
+                field_pv.post()
+        if pv.state.meta.tmo > 0:
+            self.stale_watch.watch(pv.state, now)
+
+    def check_stale(self, now: float) -> None:
+        """Mark the PVs that received nothing within their TMO, and post their alarm."""
+        for state in self.stale_watch.expired(now):
+            pv = self.relay.registry.get(state.spec.name)
+            if pv is not None and pv.state is state:
+                pv.post(cas.DBE_ALARM | DBE_VALUE_LOG)
+
     # --- the relay's own work ------------------------------------------------------
 
     def delete(self, name: str, source: str) -> ServedPV:
         """Delete a PV; its clients are disconnected at the end of this cycle."""
         pv = self.relay.delete(name)
+        self.stale_watch.forget(pv.state)
         self._graveyard.append(pv)
+        if pv.fields:
+            self._graveyard.extend(pv.fields.values())
+            pv.fields = None  # break the PV <-> field cycle so both are freed now
         log.info("deleted %s (%s)", pv.state.spec.name, source)
         return pv
 

@@ -51,6 +51,7 @@ class Config:
     pipe_buffer: int = 4 * 1024 * 1024
     stop_grace: float = 10.0
     heartbeat_timeout: float = 20.0
+    stale_timeout: float = 0.0
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -64,6 +65,8 @@ class Config:
         for name in ("stop_grace", "heartbeat_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
+        if self.stale_timeout < 0:
+            raise ValueError("stale_timeout must be >= 0")
         validate_prefix(self.prefix)
         for name in ("max_name_length", "max_elements", "max_pvs", "max_placeholders"):
             if getattr(self, name) < 1:
@@ -102,6 +105,8 @@ HELP = {
     "pipe_buffer": "bytes the internal pipe from the ingest worker to the CA process buffers",
     "stop_grace": "seconds children get to stop on SIGTERM before they are killed",
     "heartbeat_timeout": "seconds without a heartbeat after which a child is restarted",
+    "stale_timeout": "default TMO of new PVs: seconds without a value after which a PV "
+                     "goes INVALID/TIMEOUT (0 = off)",
 }
 
 

@@ -43,7 +43,7 @@ _HEADER = struct.Struct("!IHH")  # message id, chunk index, chunk count
 _EXT_DTYPES = {1: np.dtype("<f8"), 2: np.dtype("<i4"), 3: np.dtype("|u1")}
 _EXT_CODES = {dtype: code for code, dtype in _EXT_DTYPES.items()}
 
-PUT, DELETE = 0, 1
+PUT, DELETE, META = 0, 1, 2
 
 
 def socket_pair(buffer_bytes: int) -> tuple[socket.socket, socket.socket]:
@@ -124,8 +124,9 @@ class Forward:
     """One pipe message from the worker: updates in batches, and counters to add.
 
     Each batch is one ZMQ message's accepted updates, applied atomically by the CA
-    process. An op is ``(PUT, full_name, stored_value, ts_ns)`` or
-    ``(DELETE, full_name, None, 0)``.
+    process. An op is ``(PUT, full_name, stored_value, ts_ns, meta_changes or None)``,
+    ``(META, full_name, None, 0, meta_changes)`` or ``(DELETE, full_name, None, 0, None)``;
+    meta changes are already checked (`meta.check_changes`).
     """
 
     seq: int

@@ -5,6 +5,11 @@ that has never processed. That is what a client monitoring a name before its fir
 reads. The first put defines it; a plain PV then holds exactly the last value put, a
 buffer appends every put on the right and forgets the oldest elements beyond its count.
 
+Alarm severity and status follow the PV's attributes (`meta.Meta`) the way an ai record
+follows its limits (`alarms.evaluate`): recomputed on every put and whenever the
+attributes change. A PV that receives nothing for its TMO seconds goes stale: severity
+INVALID, status TIMEOUT, until the next put.
+
 `served()` is the value as the CA layer hands it out:
 
 * scalars: the number (0 while undefined, the UDF convention);
@@ -15,9 +20,12 @@ buffer appends every put on the right and forgets the oldest elements beyond its
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from relayd import alarm
+from relayd import alarm, alarms
+from relayd.meta import DEFAULT_META, Meta, field_value, record_type
 from relayd.names import Kind, PVSpec
 from relayd.ring import Ring
 from relayd.values import Stored
@@ -29,37 +37,91 @@ for _array in _EMPTY.values():
 
 
 class PVState:
-    """Value, source time and alarm of one plain (non-buffer) PV."""
+    """Value, times, alarm and attributes of one plain (non-buffer) PV."""
 
-    __slots__ = ("spec", "value", "ts_ns", "status", "severity")
+    __slots__ = ("spec", "value", "ts_ns", "status", "severity", "meta", "lalm", "stale",
+                 "updated")
 
-    def __init__(self, spec: PVSpec):
+    def __init__(self, spec: PVSpec, meta: Meta = DEFAULT_META):
         self.spec = spec
         self.value: Stored | None = None
-        self.ts_ns = 0
+        self.ts_ns = 0  # the value's time stamp (source time, or arrival), POSIX ns
         self.status = alarm.STAT_UDF
         self.severity = alarm.INVALID
+        self.meta = meta
+        self.lalm = math.nan  # last alarm value, for hysteresis
+        self.stale = False
+        self.updated = 0.0  # monotonic time of the last put, for staleness
 
     @property
     def defined(self) -> bool:
         """True once any value has been put."""
         return self.value is not None
 
-    def put(self, value: Stored, ts_ns: int) -> bool:
+    def put(self, value: Stored, ts_ns: int, now: float = 0.0) -> bool:
         """Apply a value already passed through `values.convert` for this spec.
 
-        Returns True when the alarm status or severity changed with it, so the caller
-        knows to post an alarm event as well as a value event.
+        `now` is the monotonic arrival time (staleness counts from it). Returns True
+        when the alarm status or severity changed, so the caller knows to post an alarm
+        event as well as a value event.
         """
         self.value = value
-        return self._stamp(ts_ns)
+        return self._stamp(value, ts_ns, now)
 
-    def _stamp(self, ts_ns: int) -> bool:
+    def _stamp(self, alarm_value: object, ts_ns: int, now: float) -> bool:
         self.ts_ns = ts_ns
-        changed = self.severity != alarm.NO_ALARM or self.status != alarm.STAT_NONE
-        self.status = alarm.STAT_NONE
-        self.severity = alarm.NO_ALARM
+        self.updated = now
+        self.stale = False
+        return self._set_alarm(alarm_value)
+
+    def _set_alarm(self, alarm_value: object) -> bool:
+        meta = self.meta
+        if meta.has_limits and self.spec.kind is not Kind.CHAR:
+            status, severity, self.lalm = alarms.evaluate(alarm_value, meta, self.lalm)
+        else:
+            status, severity = alarm.STAT_NONE, alarm.NO_ALARM
+        changed = severity != self.severity or status != self.status
+        self.status, self.severity = status, severity
         return changed
+
+    def alarm_value(self) -> object:
+        """What the limits are checked against: the value (every element of an array)."""
+        return self.value
+
+    def set_meta(self, meta: Meta) -> bool:
+        """Replace the attributes; True if the alarm changed with them.
+
+        Turning TMO off ends a staleness; the alarm is then judged afresh.
+        """
+        self.meta = meta
+        if self.stale and meta.tmo <= 0:
+            self.stale = False
+        if not self.defined or self.stale:
+            return False
+        self.lalm = math.nan
+        return self._set_alarm(self.alarm_value())
+
+    def field(self, name: str) -> object:
+        """The value of record-style field `name` (upper case, see `meta.FIELDS`)."""
+        if name == "NELM":
+            return self.spec.count
+        if name == "NORD":
+            return len(self) if self.defined else 0
+        if name == "RTYP":
+            return record_type(self.spec)
+        if name == "SEVR":
+            return self.severity
+        if name == "STAT":
+            return self.status
+        return field_value(self.meta, name)
+
+    def go_stale(self) -> bool:
+        """Mark the PV stale (INVALID/TIMEOUT); True if it was not already."""
+        if self.stale or not self.defined:
+            return False
+        self.stale = True
+        self.status, self.severity = alarm.STAT_TIMEOUT, alarm.INVALID
+        return True
 
     def served(self) -> float | int | bytes | np.ndarray:
         value = self.value
@@ -82,16 +144,21 @@ class BufferState(PVState):
 
     __slots__ = ("ring",)
 
-    def __init__(self, spec: PVSpec):
-        super().__init__(spec)
+    def __init__(self, spec: PVSpec, meta: Meta = DEFAULT_META):
+        super().__init__(spec, meta)
         self.ring = Ring(spec.count, _NUMPY_DTYPE[spec.kind])
 
-    def put(self, value: Stored, ts_ns: int) -> bool:
+    def put(self, value: Stored, ts_ns: int, now: float = 0.0) -> bool:
         if isinstance(value, bytes):
             value = np.frombuffer(value, dtype=np.uint8)
         self.ring.extend(value)  # type: ignore[arg-type]
         self.value = self.ring
-        return self._stamp(ts_ns)
+        return self._stamp(self.alarm_value(), ts_ns, now)
+
+    def alarm_value(self) -> object:
+        """A buffer is a time trace: its alarm follows its newest element."""
+        view = self.ring.view()
+        return view[-1:] if len(view) else None
 
     def served(self) -> bytes | np.ndarray:
         view = self.ring.view()
@@ -101,6 +168,6 @@ class BufferState(PVState):
         return view
 
 
-def new_state(spec: PVSpec) -> PVState:
-    """The right state class for `spec`."""
-    return BufferState(spec) if spec.buffer else PVState(spec)
+def new_state(spec: PVSpec, meta: Meta = DEFAULT_META) -> PVState:
+    """The right state class for `spec`, with attributes `meta`."""
+    return BufferState(spec, meta) if spec.buffer else PVState(spec, meta)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Callable, Generic, Iterator, Protocol, TypeVar
 
 from relayd.errors import Reason, Refused
+from relayd.meta import DEFAULT_META, Meta
 from relayd.names import Grammar, PVSpec
 from relayd.pvstate import PVState, new_state
 
@@ -39,8 +40,10 @@ class Registry(Generic[PV]):
         factory: Callable[[PVState], PV],
         max_pvs: int = 100_000,
         max_placeholders: int = 10_000,
+        default_meta: Meta = DEFAULT_META,
     ):
         self.grammar = grammar
+        self.default_meta = default_meta  # new PVs start with these attributes
         self.max_pvs = max_pvs
         self.max_placeholders = max_placeholders
         self._factory = factory
@@ -90,7 +93,7 @@ class Registry(Generic[PV]):
         if spec is None:
             return None
         self._check_placeholder_room(name)
-        pv = self._factory(new_state(spec))
+        pv = self._factory(new_state(spec, self.default_meta))
         self.placeholders[name] = pv
         return pv
 
@@ -117,7 +120,7 @@ class Registry(Generic[PV]):
             )
         pv = self.placeholders.pop(spec.name, None)
         if pv is None:
-            pv = self._factory(new_state(spec))
+            pv = self._factory(new_state(spec, self.default_meta))
         self.pvs[spec.name] = pv
         self._changed()
         return pv

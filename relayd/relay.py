@@ -10,6 +10,7 @@ refused put never creates or changes anything. Pure: no I/O, no pcaspy.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from typing import Generic
 
 from relayd.errors import Reason, Refused
@@ -71,21 +72,43 @@ class Relay(Generic[PV]):
         self.registry = registry
         self.stats = Stats()
 
-    def put(self, name: str, raw: object, ts_ns: int) -> tuple[PV, bool]:
+    def put(self, name: str, raw: object, ts_ns: int, now: float = 0.0) -> tuple[PV, bool]:
         """Put `raw` to `name` (with or without the prefix); `Refused` if not allowed.
 
         Returns the PV and whether its alarm changed (see `PVState.put`).
         """
-        return self.put_spec(self.grammar.spec_for(name), raw, ts_ns)
+        return self.put_spec(self.grammar.spec_for(name), raw, ts_ns, now)
 
-    def put_spec(self, spec: PVSpec, raw: object, ts_ns: int) -> tuple[PV, bool]:
+    def put_spec(self, spec: PVSpec, raw: object, ts_ns: int, now: float = 0.0
+                 ) -> tuple[PV, bool]:
         """Put `raw` to the PV described by `spec` (its name already parsed)."""
-        return self.apply(spec, convert(spec, raw), ts_ns)
+        return self.apply(spec, convert(spec, raw), ts_ns, now)
 
-    def apply(self, spec: PVSpec, stored: Stored, ts_ns: int) -> tuple[PV, bool]:
-        """Apply a value already converted for `spec`, creating the PV if needed."""
+    def apply(self, spec: PVSpec, stored: Stored, ts_ns: int, now: float = 0.0,
+              meta: dict | None = None) -> tuple[PV, bool]:
+        """Apply a value already converted for `spec`, creating the PV if needed.
+
+        `meta`, attribute changes already checked (`meta.check_changes`), are applied
+        first, so the value's alarm is judged by the new limits.
+        """
         pv = self.registry.ensure(spec)
-        alarm_changed = pv.state.put(stored, ts_ns)
+        state = pv.state
+        if meta:
+            state.meta = replace(state.meta, **meta)
+        alarm_changed = state.put(stored, ts_ns, now)
+        self.stats.accepted += 1
+        return pv, alarm_changed
+
+    def set_meta(self, name: str, changes: dict) -> tuple[PV, bool]:
+        """Apply checked attribute changes to the existing PV `name`.
+
+        Returns the PV and whether its alarm changed. A PV that does not exist yet is
+        refused: attributes alone never create a PV.
+        """
+        pv = self.registry.get(name)
+        if pv is None:
+            raise Refused(Reason.NO_SUCH_PV, f"{name}: attributes for a PV that does not exist")
+        alarm_changed = pv.state.set_meta(replace(pv.state.meta, **changes))
         self.stats.accepted += 1
         return pv, alarm_changed
 

@@ -31,7 +31,9 @@ from relayd.errors import BootError, Reason, Refused
 from relayd.lifeline import Lifeline
 from relayd.logs import RateLimitedLog
 from relayd.names import Grammar, PVSpec
-from relayd.pipe import DELETE, PUT, Forward, PipeWriter, encode_forward
+from relayd.meta import check_changes
+from relayd.pipe import DELETE, META, PUT, Forward, PipeWriter, encode_forward
+from relayd.protocol import NO_VALUE
 from relayd.values import convert
 
 log = logging.getLogger("relayd.ingest")
@@ -88,10 +90,13 @@ class Ingest:
                 self._specs.clear()
             self._specs[update.pv] = spec
         if update.op == "delete":
-            return (DELETE, spec.name, None, 0)
+            return (DELETE, spec.name, None, 0, None)
+        meta = check_changes(update.meta) if update.meta is not None else None
+        if update.value is NO_VALUE:
+            return (META, spec.name, None, 0, meta)
         stored = convert(spec, update.value)
         ts_ns = arrival_ns if update.ts is None else round(update.ts * 1_000_000) * 1000
-        return (PUT, spec.name, stored, ts_ns)
+        return (PUT, spec.name, stored, ts_ns, meta)
 
     def take_counters(self) -> dict:
         """Counters since the last call (for `relay.Stats.merge_worker`), then reset."""
