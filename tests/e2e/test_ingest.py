@@ -534,7 +534,10 @@ def test_one_bad_update_in_a_batch_does_not_discard_the_good_ones(client, start_
     log = relay.log_text()
     assert "update #4: unknown key 'valeu'" in log
     assert "update #7: a msgpack str where a map was expected" in log
-    assert client.get(full(relay, "status:lastRefusal"), as_string=True).startswith("ZMQ update: ")
+    assert "update #1: 'bad_q1' is not" in log
+    assert "update #3: " in log and "update #6: " in log
+    last = client.get(full(relay, "status:lastRefusal"), as_string=True)
+    assert last.startswith("ZMQ update: ") and "update #7" in last  # the last one sent
 
 
 def test_an_oversize_message_is_dropped_by_zmq_and_the_relay_keeps_working(caproto_client,
