@@ -170,7 +170,9 @@ def decode(message: bytes, max_updates: int = 100_000) -> Decoded:
         try:
             decoded.updates.append(_update(item, index))
         except _BadUpdate as error:
-            decoded.refused.append(_malformed(f"update #{index}: {error}"))
+            refused = _malformed(f"update #{index}: {error}")
+            refused.index = index  # type: ignore[attr-defined]
+            decoded.refused.append(refused)
     return decoded
 
 

@@ -67,19 +67,21 @@ def start_relay(session_dir: Path) -> Iterator[Callable[..., RelayProcess]]:
     started: list[RelayProcess] = []
 
     def start(*args: str, prefix: str | None = None, wait: bool = True,
-              env: dict[str, str] | None = None) -> RelayProcess:
+              env: dict[str, str] | None = None, expect_exit: int = 0) -> RelayProcess:
+        """Start relayd; at teardown it must exit with `expect_exit` (0: a clean stop)."""
         relay = RelayProcess(prefix or unique_prefix(), PORTS.take(), session_dir,
                              list(args), dict(env or {}))
-        started.append(relay)
+        started.append((relay, expect_exit))
         return relay.start(wait=wait)
 
     yield start
     failures = []
-    for relay in started:
+    for relay, expected in started:
         code = relay.stop()
         PORTS.give_back(relay.port)
-        if code != 0:
-            failures.append(f"relayd {relay.prefix} exited with {code}:\n{relay.log_text()}")
+        if code != expected:
+            failures.append(f"relayd {relay.prefix} exited with {code}, not {expected}:\n"
+                            f"{relay.log_text()}")
     assert not failures, "\n".join(failures)
 
 

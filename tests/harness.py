@@ -508,8 +508,9 @@ class CaprotoClient:
     def forget(self, name: str) -> None:
         """Drop `name`: after a server-side disconnect caproto's threading client cannot
         reuse the channel, and its context caches it by name, so use a new context."""
-        self._pvs.pop(name, None)
-        self.context = type(self.context)()
+        self._pvs.clear()
+        old, self.context = self.context, type(self.context)()
+        old.disconnect()
 
 
 def _copy(value: Any) -> Any:

@@ -72,14 +72,18 @@ class Ingest:
             self.refuse(refused, source)
             return []
         self._updates += len(decoded.updates) + len(decoded.refused)
-        for refused in decoded.refused:
-            self.refuse(refused, source)
+        problems = [(getattr(refused, "index", 0), refused) for refused in decoded.refused]
         ops = []
         for update in decoded.updates:
             try:
                 ops.append(self._op(update, arrival_ns))
             except Refused as refused:
-                self.refuse(refused, source)
+                if decoded.batch:
+                    refused = Refused(refused.reason, f"update #{update.index}: {refused.detail}")
+                problems.append((update.index, refused))
+        # In message order, so that the last refusal reported is the last one sent.
+        for _, refused in sorted(problems, key=lambda problem: problem[0]):
+            self.refuse(refused, source)
         return ops
 
     def _op(self, update: protocol.Update, arrival_ns: int) -> tuple:
@@ -135,7 +139,9 @@ def bind(config: Config) -> tuple[zmq.Context, zmq.Socket]:
         except zmq.ZMQError as error:
             sock.close()
             context.term()
-            raise BootError(f"cannot bind ZMQ endpoint {endpoint}: {error.strerror}") from None
+            raise BootError(
+                f"cannot bind ZMQ endpoint {endpoint}: {zmq.strerror(error.errno)}"
+            ) from None
         if not is_local(endpoint):
             log.warning("ZMQ ingest bound beyond loopback on %s: any host that reaches it "
                         "may publish and delete PVs", endpoint)
