@@ -89,14 +89,21 @@ def run(
     next_housekeeping = 0.0
     next_refresh = time.monotonic() + config.status_interval
     empty = True
+    watch = server.stale_watch
     try:
         while not stopping():
-            cas.process(IDLE if empty else 0.0)
+            wait = IDLE if empty else 0.0
+            deadline = watch.next_deadline()
+            if deadline is not None:
+                wait = max(0.0, min(wait, deadline - time.monotonic()))
+            cas.process(wait)
             empty = ingest.drain(CYCLE_UPDATES, INGEST_BUDGET)
             if empty:
                 wakeup.drained()
-            server.end_cycle()
             now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                server.check_stale(now)
+            server.end_cycle()
             if now >= next_housekeeping:
                 next_housekeeping = now + HOUSEKEEPING
                 lifeline.send(beat=True)

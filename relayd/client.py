@@ -84,9 +84,18 @@ class Client:
             raise ValueError(f"cannot connect to {endpoint!r}: {error}") from None
         self._closed = False
 
-    def put(self, pv: str, value: object, *, ts: float | None = None) -> None:
-        """Put `value` to `pv` (with or without the relay's prefix); `ts` is POSIX seconds."""
-        self._send(protocol.encode_update(pv, value, ts=ts))
+    def put(self, pv: str, value: object, *, ts: float | None = None,
+            meta: dict | None = None) -> None:
+        """Put `value` to `pv` (with or without the relay's prefix); `ts` is POSIX seconds.
+
+        `meta` sets attributes with the value, keyed by lower-case field name:
+        ``meta={"egu": "K", "prec": 2, "hihi": 300.0, "tmo": 10}``.
+        """
+        self._send(protocol.encode_update(pv, value, ts=ts, meta=meta))
+
+    def set_meta(self, pv: str, **meta: object) -> None:
+        """Set attributes of the existing PV `pv`: ``set_meta("t_f1", egu="K", hihi=300)``."""
+        self._send(protocol.encode_update(pv, meta=meta))
 
     def put_many(self, updates: Mapping[str, object] | Iterable[tuple[str, object]]) -> None:
         """Put several values in ONE message: a mapping {pv: value} or (pv, value) pairs.
@@ -174,9 +183,14 @@ class Batch:
         self._client = client
         self._updates: list[dict] = []
 
-    def put(self, pv: str, value: object, *, ts: float | None = None) -> None:
-        """Add a put of `value` to `pv` to the batch."""
-        self._updates.append(protocol.encode_update(pv, value, ts=ts))
+    def put(self, pv: str, value: object, *, ts: float | None = None,
+            meta: dict | None = None) -> None:
+        """Add a put of `value` (and attributes `meta`) to `pv` to the batch."""
+        self._updates.append(protocol.encode_update(pv, value, ts=ts, meta=meta))
+
+    def set_meta(self, pv: str, **meta: object) -> None:
+        """Add attribute changes for `pv` to the batch."""
+        self._updates.append(protocol.encode_update(pv, meta=meta))
 
     def delete(self, pv: str) -> None:
         """Add a delete of `pv` to the batch."""

@@ -9,10 +9,11 @@ of maps (a batch). An update map has the keys
 
 * ``pv``: the PV name, with or without the relay's prefix (str, required);
 * ``op``: ``"put"`` (the default) or ``"delete"``;
-* ``value``: what to put (required for a put, absent for a delete);
+* ``value``: what to put (absent for a delete; a put needs a value, a meta map, or both);
 * ``ts``: the source time in POSIX seconds (int or float, optional);
-* ``v``: the protocol version (optional; only 1);
-* ``meta``: reserved for a later version and refused for now.
+* ``meta``: PV attributes to set, keyed by lower-case field name (``egu``, ``prec``,
+  ``hihi``...); checked by the relay (`relayd.meta`), with the value or alone;
+* ``v``: the protocol version (optional; only 1).
 
 Any other key is refused rather than ignored, so a misspelled ``"ts"`` cannot silently
 turn into "no time stamp". Later versions may add keys; a relay that does not know them
@@ -76,8 +77,19 @@ _ARRAY_KINDS = {
 _NATIVE = "<" if sys.byteorder == "little" else ">"
 
 
+class _NoValue:
+    """The value of an update that only sets attributes (a ``meta`` map, no ``value``)."""
+
+    def __repr__(self) -> str:
+        return "NO_VALUE"
+
+
+NO_VALUE = _NoValue()
+
+
 class Update(NamedTuple):
-    """One well-formed update. `value` is None for a delete, a numpy array when packed.
+    """One well-formed update. `value` is None for a delete, a numpy array when packed,
+    NO_VALUE for attributes alone; `meta` is the attribute map or None.
 
     A named tuple rather than a dataclass: one is made per update on the ingest hot
     path, and a tuple is several times cheaper to build.
@@ -88,6 +100,7 @@ class Update(NamedTuple):
     value: object
     ts: float | None
     index: int
+    meta: dict | None = None
 
 
 @dataclass
@@ -194,9 +207,10 @@ def _update(item: object, index: int) -> Update:
     if unknown:
         noun = "key" if len(unknown) == 1 else "keys"
         listed = ", ".join(sorted(_short(key, 40) for key in unknown))
-        raise _BadUpdate(f"unknown {noun} {listed} (keys are pv, op, value, ts, v)")
-    if "meta" in item:
-        raise _BadUpdate("'meta' is not supported by this relay yet")
+        raise _BadUpdate(f"unknown {noun} {listed} (keys are pv, op, value, ts, meta, v)")
+    meta = item.get("meta")  # nil is the same as no 'meta'
+    if meta is not None and not isinstance(meta, dict):
+        raise _BadUpdate(f"'meta' is a msgpack {_type_name(meta)}, not a map")
     if "pv" not in item:
         raise _BadUpdate("no 'pv'")
     pv = item["pv"]
@@ -214,10 +228,14 @@ def _update(item: object, index: int) -> Update:
     if op == DELETE:
         if "value" in item:
             raise _BadUpdate("a delete carries no 'value'")
+        if meta is not None:
+            raise _BadUpdate("a delete carries no 'meta'")
         return Update(pv, DELETE, None, ts, index)
     if "value" not in item:
-        raise _BadUpdate("a put needs a 'value'")
-    return Update(pv, PUT, _value(item["value"]), ts, index)
+        if meta is None:
+            raise _BadUpdate("a put needs a 'value', a 'meta' map, or both")
+        return Update(pv, PUT, NO_VALUE, ts, index, meta)
+    return Update(pv, PUT, _value(item["value"]), ts, index, meta)
 
 
 def ts_problem(ts: object) -> str | None:
@@ -276,8 +294,11 @@ def _unpack_array(value: dict) -> Any:
 
 
 def encode_update(pv: str, value: object = None, *, op: str = PUT,
-                  ts: float | None = None) -> dict:
+                  ts: float | None = None, meta: dict | None = None) -> dict:
     """The update map for one put or delete, ready for `dumps` (alone or in a list).
+
+    `meta` sets PV attributes (``{"egu": "mm", "hihi": 10}``); with it the value may be
+    left out (None) to set attributes alone. The relay checks the attributes.
 
     numpy arrays and `array.array` are sent packed (see `pack_array`); lists and tuples
     go as msgpack arrays, bytes as bin, str as str, numpy scalars as plain numbers. The
@@ -288,15 +309,22 @@ def encode_update(pv: str, value: object = None, *, op: str = PUT,
     if not isinstance(pv, str):
         raise TypeError(f"the PV name must be a str, not {type(pv).__name__}")
     update: dict[str, object] = {"pv": pv}
+    if meta is not None and not isinstance(meta, dict):
+        raise TypeError(f"meta must be a dict, not {type(meta).__name__}")
     if op == DELETE:
         if value is not None:
             raise ValueError("a delete carries no value")
+        if meta is not None:
+            raise ValueError("a delete carries no meta")
         update["op"] = DELETE
     elif op == PUT:
-        if value is None:
-            raise ValueError(f"a put to {pv!r} needs a value")
-        packed = pack_array(value)
-        update["value"] = packed if packed is not None else _plain(value)
+        if value is None and meta is None:
+            raise ValueError(f"a put to {pv!r} needs a value, a meta dict, or both")
+        if value is not None:
+            packed = pack_array(value)
+            update["value"] = packed if packed is not None else _plain(value)
+        if meta is not None:
+            update["meta"] = meta
     else:
         raise ValueError(f"op must be 'put' or 'delete', not {op!r}")
     if ts is not None:

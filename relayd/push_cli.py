@@ -17,6 +17,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 from relayd import protocol
 from relayd.client import Client, RelayError
 from relayd.errors import Refused
+from relayd.meta import FIELDS, META_KEYS
 from relayd.names import Grammar, Kind, NameLimits, PVSpec
 
 PROG = "relay-push"
@@ -165,7 +166,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ts", type=float, metavar="SECONDS",
                         help="source time stamp of a single put, POSIX seconds "
                              "(default: the relay's clock when it receives the value)")
+    parser.add_argument("--meta", action="append", default=[], metavar="FIELD=VALUE",
+                        help="set a PV attribute with the value, or alone when no VALUE "
+                             "is given; repeatable. FIELD is a lower-case field name: "
+                             "egu, prec, desc, hopr, lopr, drvh, drvl, hihi, high, low, "
+                             "lolo, hhsv, hsv, lsv, llsv, hyst, tmo (e.g. --meta egu=K "
+                             "--meta hihi=300 --meta hhsv=MAJOR; hihi=none unsets a limit)")
     return parser
+
+
+def parse_meta(items: list[str]) -> dict | None:
+    """``--meta FIELD=VALUE`` options as the attribute map (typed by the field table)."""
+    if not items:
+        return None
+    meta: dict[str, object] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().lower()
+        field = FIELDS.get(key.upper())
+        if not sep or field is None or not field.writable:
+            raise UsageError(f"--meta {item!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{', '.join(sorted(META_KEYS))}")
+        meta[key] = _meta_value(field.ca_type, text, item)
+    return meta
+
+
+def _meta_value(ca_type: str, text: str, item: str) -> object:
+    if ca_type == "string":
+        return text
+    if ca_type == "enum" and not text.strip().lstrip("-").isdigit():
+        return text.strip()
+    if ca_type == "double" and text.strip().lower() in ("none", "null", "nan", ""):
+        return None
+    try:
+        return int(text) if ca_type in ("short", "enum") else float(text)
+    except ValueError:
+        raise UsageError(f"--meta {item!r}: {text!r} is not a number") from None
 
 
 # --- running ------------------------------------------------------------------------------
@@ -187,8 +223,17 @@ def push_one(args: argparse.Namespace) -> None:
             raise UsageError("--delete takes no VALUE")
         if args.ts is not None:
             raise UsageError("--ts applies to a single put")
+        if args.meta:
+            raise UsageError("--meta does not go with --delete")
         with _connect(args.endpoint, args.timeout) as client:
             client.delete(args.name)
+        return
+    meta = parse_meta(args.meta)
+    if meta is not None and not args.values:
+        if args.ts is not None:
+            raise UsageError("--ts applies to a put of a value")
+        with _connect(args.endpoint, args.timeout) as client:
+            client.set_meta(args.name, **meta)
         return
     value = parse_value(spec, args.values)
     if args.ts is not None:
@@ -196,7 +241,7 @@ def push_one(args: argparse.Namespace) -> None:
         if problem:
             raise UsageError(f"--ts: {problem}")
     with _connect(args.endpoint, args.timeout) as client:
-        client.put(args.name, value, ts=args.ts)
+        client.put(args.name, value, ts=args.ts, meta=meta)
 
 
 def chunks(line: bytes, size: int) -> list[bytes]:
@@ -248,6 +293,8 @@ def push_lines(args: argparse.Namespace, stdin: BinaryIO) -> None:
         raise UsageError("--lines takes no VALUE: the lines come from standard input")
     if args.ts is not None:
         raise UsageError("--ts applies to a single put")
+    if args.meta:
+        raise UsageError("--meta does not go with --lines")
     # Pieces no longer than the buffer, so the buffer ends with a long line's tail, and
     # no longer than a message should be.
     piece_size = min(spec.count, LINES_MAX_BYTES)
