@@ -26,6 +26,7 @@ from typing import Callable
 
 from pcaspy import cas
 
+from relayd.autosave import Autosaver, Store
 from relayd.ca_ingest import PipeIngest
 from relayd.ca_server import CAServer
 from relayd.config import Config
@@ -79,7 +80,12 @@ def run(
     """Serve until `stopping()` or until the supervisor goes away."""
     raise_max_array_bytes(config)
     check_ca_port()
+    store = open_store(config)
     server = CAServer(config)
+    if store is not None:
+        server.restore(store.load())
+        server.autosaver = Autosaver(store, config.autosave_interval)
+        server.relay.stats.autosave = server.autosaver.status
     reader = PipeReader(pipe)
     ingest = PipeIngest(server, reader)
     wakeup = Wakeup(reader.fileno()).start()
@@ -103,6 +109,8 @@ def run(
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 server.check_stale(now)
+            if server.autosaver is not None:
+                server.autosaver.tick(now)
             server.end_cycle()
             if now >= next_housekeeping:
                 next_housekeeping = now + HOUSEKEEPING
@@ -123,5 +131,22 @@ def run(
             cas.process(0.0)
     finally:
         wakeup.stop()
+        if server.autosaver is not None:
+            if server.autosaver.stop():
+                log.info("autosave: every change written to %s", store.path)  # type: ignore[union-attr]
+            else:
+                log.error("autosave: changes could not be written to %s: %s",
+                          store.path, server.autosaver.status.last_error)  # type: ignore[union-attr]
         server.close()
     log.info("CA server stopped")
+
+
+def open_store(config: Config) -> Store | None:
+    """The autosave store, or None when autosave is off; `BootError` if unusable."""
+    path = config.autosave_path
+    if path is None:
+        log.info("autosave is off")
+        return None
+    store = Store.open(path, reset=config.autosave_reset)
+    log.info("autosave: %s, written every %.1f s", path, config.autosave_interval)
+    return store

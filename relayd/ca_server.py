@@ -15,6 +15,7 @@ from typing import Any
 
 from pcaspy import cas
 
+from relayd.autosave import Autosaver
 from relayd.ca_pvs import DBE_ALL, DBE_VALUE_LOG, FieldPV, ServedPV, guarded, put_source
 from relayd.config import Config
 from relayd.control import ControlPVs
@@ -25,6 +26,8 @@ from relayd.names import Grammar
 from relayd.pvstate import PVState
 from relayd.registry import Registry
 from relayd.relay import Relay
+from relayd.saved import SavedPV
+from relayd.saved import restore as restore_pieces
 from relayd.staleness import StaleWatch
 from relayd import ca_gdd
 
@@ -54,6 +57,7 @@ class CAServer(cas.caServer):
         self.relay: Relay[ServedPV] = Relay(grammar, registry)
         self.control = ControlPVs(config, self.relay, self.delete, self.report)
         self.stale_watch = StaleWatch()
+        self.autosaver: Autosaver | None = None  # set by the CA process when enabled
         self._refusals = RateLimitedLog(log)
         # PVs dropped while the CA library may still be inside a call on them; they are
         # freed (and their clients disconnected) after the current processing cycle.
@@ -163,14 +167,32 @@ class CAServer(cas.caServer):
     # --- after a change ------------------------------------------------------------------
 
     def applied(self, pv: ServedPV, mask: int, now: float) -> None:
-        """A value was applied to `pv`: post it, and watch it if it may go stale."""
+        """A value was applied to `pv`: post it, save it, watch it if it may go stale."""
         pv.post(mask)
+        if self.autosaver is not None:
+            self.autosaver.touch(pv.state)
         if pv.state.meta.tmo > 0:
             self.stale_watch.watch(pv.state, now)
+
+    def restore(self, saved: list[SavedPV]) -> None:
+        """Recreate saved PVs before the first search is answered."""
+        now = time.monotonic()
+        for item in saved:
+            try:
+                spec, stored, ts_ns, meta = restore_pieces(item)
+                pv = self.relay.restore(spec, stored, ts_ns, meta, now)
+            except (Refused, ValueError, TypeError) as error:
+                log.error("autosave: cannot restore %s (%s); left out", item.name, error)
+                continue
+            if meta.tmo > 0:
+                self.stale_watch.watch(pv.state, now)
+        log.info("restored %d PVs", self.relay.stats.restored)
 
     def meta_changed(self, pv: ServedPV, alarm_changed: bool, now: float) -> None:
         """`pv`'s attributes changed: tell DBE_PROPERTY monitors, and the rest if needed."""
         pv.post_property()
+        if self.autosaver is not None:
+            self.autosaver.touch(pv.state)
         if alarm_changed:
             pv.post(cas.DBE_ALARM | DBE_VALUE_LOG)
         elif pv.fields:
@@ -192,6 +214,8 @@ class CAServer(cas.caServer):
         """Delete a PV; its clients are disconnected at the end of this cycle."""
         pv = self.relay.delete(name)
         self.stale_watch.forget(pv.state)
+        if self.autosaver is not None:
+            self.autosaver.forget(pv.state.spec.name)
         self._graveyard.append(pv)
         if pv.fields:
             self._graveyard.extend(pv.fields.values())

@@ -32,6 +32,10 @@ class StopFlag:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["autosave"]:
+        from relayd.autosave_cli import main as autosave_main
+
+        return autosave_main(argv[1:])
     try:
         config = configuration.parse(argv)
     except (ValueError, OSError) as error:

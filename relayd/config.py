@@ -52,6 +52,10 @@ class Config:
     stop_grace: float = 10.0
     heartbeat_timeout: float = 20.0
     stale_timeout: float = 0.0
+    autosave: str = ""
+    no_autosave: bool = False
+    autosave_interval: float = 1.0
+    autosave_reset: bool = False
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -67,6 +71,8 @@ class Config:
                 raise ValueError(f"{name} must be > 0")
         if self.stale_timeout < 0:
             raise ValueError("stale_timeout must be >= 0")
+        if not 0 < self.autosave_interval <= 60:
+            raise ValueError("autosave_interval must be > 0 and <= 60 seconds")
         validate_prefix(self.prefix)
         for name in ("max_name_length", "max_elements", "max_pvs", "max_placeholders"):
             if getattr(self, name) < 1:
@@ -75,6 +81,17 @@ class Config:
             raise ValueError("status_interval must be > 0")
         if self.log_level.upper() not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+
+    @property
+    def autosave_path(self) -> str | None:
+        """The autosave file, or None when autosave is off."""
+        if self.no_autosave:
+            return None
+        if self.autosave:
+            return self.autosave
+        from relayd.autosave import default_path
+
+        return default_path(self.prefix)
 
     @property
     def name_limits(self) -> NameLimits:
@@ -107,6 +124,12 @@ HELP = {
     "heartbeat_timeout": "seconds without a heartbeat after which a child is restarted",
     "stale_timeout": "default TMO of new PVs: seconds without a value after which a PV "
                      "goes INVALID/TIMEOUT (0 = off)",
+    "autosave": "SQLite file where every PV is saved and restored from "
+                "(default: $XDG_STATE_HOME or ~/.local/state, relayd/<prefix>.sqlite)",
+    "no_autosave": "do not save or restore PVs",
+    "autosave_interval": "seconds between autosave writes (the most a kill can lose)",
+    "autosave_reset": "if the autosave file is unreadable or corrupt, move it aside and "
+                      "start empty instead of refusing to start",
 }
 
 
@@ -116,6 +139,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for field in fields(Config):
         flag = "--" + field.name.replace("_", "-")
         kind = type(field.default)
+        if kind is bool:
+            parser.add_argument(flag, dest=field.name, action="store_true", default=None,
+                                help=HELP[field.name])
+            continue
         if kind is tuple:
             parser.add_argument(
                 flag, dest=field.name, action="append", default=None,

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
-from typing import Generic
+from typing import Any, Generic
 
 from relayd.errors import Reason, Refused
+from relayd.meta import Meta
 from relayd.names import Grammar, PVSpec
 from relayd.registry import PV, Registry
 from relayd.values import Stored, convert
@@ -36,6 +37,9 @@ class Stats:
         self.pipe_lag = 0.0  # seconds from the worker's send to the last apply
         # restarts of each child process, as told by the supervisor
         self.restarts: dict[str, int] = {}
+        # autosave, as its writer reports it (an `autosave.AutosaveStatus`), if enabled
+        self.autosave: Any = None
+        self.restored = 0  # PVs restored at start
 
     def count_refusal(self, refused: Refused, source: str) -> str:
         """Count a refusal and return the one-line text that describes it."""
@@ -98,6 +102,14 @@ class Relay(Generic[PV]):
         alarm_changed = state.put(stored, ts_ns, now)
         self.stats.accepted += 1
         return pv, alarm_changed
+
+    def restore(self, spec: PVSpec, stored: Stored, ts_ns: int, meta: Meta, now: float) -> PV:
+        """Recreate a saved PV with its value, time stamp and attributes (at start)."""
+        pv = self.registry.ensure(spec)
+        pv.state.meta = meta
+        pv.state.put(stored, ts_ns, now)
+        self.stats.restored += 1
+        return pv
 
     def set_meta(self, name: str, changes: dict) -> tuple[PV, bool]:
         """Apply checked attribute changes to the existing PV `name`.

@@ -29,6 +29,11 @@ class StatusPV:
     compute: Callable[[Relay, float], object]
 
 
+def _autosave(relay: Relay, name: str, default: object) -> object:
+    status = relay.stats.autosave
+    return default if status is None else getattr(status, name)
+
+
 def _reason_pv(reason: Reason) -> StatusPV:
     return StatusPV(
         f"status:refused:{reason.code}",
@@ -75,4 +80,20 @@ STATUS_PVS: tuple[StatusPV, ...] = (
     StatusPV("status:restarts:ingest", Kind.INT, 1,
              "times the supervisor restarted the ingest worker",
              lambda relay, started: int(relay.stats.restarts.get("ingest", 0))),
+    StatusPV("status:autosave:enabled", Kind.INT, 1, "1 when autosave is on",
+             lambda relay, started: int(relay.stats.autosave is not None)),
+    StatusPV("status:autosave:lastSave", Kind.FLOAT, 1,
+             "POSIX time of the last successful autosave write (0: none yet)",
+             lambda relay, started: _autosave(relay, "last_save", 0.0)),
+    StatusPV("status:autosave:pending", Kind.FLOAT, 1,
+             "changes waiting to be written after a failed write",
+             lambda relay, started: float(_autosave(relay, "pending", 0))),
+    StatusPV("status:autosave:failures", Kind.FLOAT, 1, "autosave writes that failed",
+             lambda relay, started: float(_autosave(relay, "failures", 0))),
+    StatusPV("status:autosave:lastError", Kind.CHAR, LAST_REFUSAL_LENGTH,
+             "why the last autosave write failed (empty once writes work again)",
+             lambda relay, started: str(_autosave(relay, "last_error", "")).encode()[
+                 :LAST_REFUSAL_LENGTH]),
+    StatusPV("status:autosave:restored", Kind.INT, 1, "PVs restored from autosave at start",
+             lambda relay, started: relay.stats.restored),
 ) + tuple(_reason_pv(reason) for reason in Reason)

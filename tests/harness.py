@@ -126,9 +126,17 @@ class RelayProcess:
     def log_path(self) -> Path:
         return self.workdir / f"relayd-{self.prefix}.log"
 
+    @property
+    def autosave_path(self) -> Path:
+        """The relay's autosave file (in the test's directory, never the user's)."""
+        return self.workdir / f"autosave-{self.prefix}.sqlite"
+
     def command(self) -> list[str]:
         zmq = [] if "--zmq-bind" in self.args else ["--zmq-bind", self.endpoint]
-        return [sys.executable, "-m", "relayd", "--prefix", self.prefix, *zmq, *self.args]
+        autosave = ([] if {"--autosave", "--no-autosave"} & set(self.args)
+                    else ["--autosave", str(self.autosave_path)])
+        return [sys.executable, "-m", "relayd", "--prefix", self.prefix, *zmq, *autosave,
+                *self.args]
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
