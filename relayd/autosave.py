@@ -165,7 +165,7 @@ Snapshot = tuple  # (spec, value, ts_ns, meta): what `from_snapshot` needs, take
 
 def snapshot(state: PVState) -> Snapshot:
     """What to save of a PV, taken in the CA loop: buffers are copied, nothing else is."""
-    value = state.ring.view().copy() if state.spec.buffer else state.value  # type: ignore[attr-defined]
+    value = state.view().copy() if state.spec.buffer else state.value  # type: ignore[attr-defined]
     return (state.spec, value, state.ts_ns, state.meta)
 
 

@@ -80,6 +80,7 @@ def run(
     """Serve until `stopping()` or until the supervisor goes away."""
     raise_max_array_bytes(config)
     check_ca_port()
+    load_access_security(config)
     store = open_store(config)
     server = CAServer(config)
     if store is not None:
@@ -139,6 +140,21 @@ def run(
                           store.path, server.autosaver.status.last_error)  # type: ignore[union-attr]
         server.close()
     log.info("CA server stopped")
+
+
+def load_access_security(config: Config) -> None:
+    """Load the ACF, if one is given, before any PV exists; `BootError` if it will not load."""
+    if not config.access_security:
+        return
+    path = config.access_security
+    if not os.path.isfile(path):
+        raise BootError(f"access security file {path} does not exist")
+    status = cas.asInitFile(path, "")
+    if status != 0:
+        raise BootError(f"access security file {path} could not be loaded (see the "
+                        f"messages above; asInitFile status {status})")
+    cas.asCaStart()
+    log.info("CA access security from %s", path)
 
 
 def open_store(config: Config) -> Store | None:

@@ -82,6 +82,7 @@ class ServedPV(cas.casPV):
         self.handler = handler
         self.monitored = False
         self.fields: dict[str, FieldPV] | None = None  # attached field PVs, by field name
+        self.access_group = ""  # access security group, when an ACF is in use
 
     def post(self, mask: int = DBE_VALUE_LOG, stamp: cas.epicsTimeStamp | None = None) -> None:
         """Send the current state to every monitor (a no-op when no one monitors)."""
@@ -103,7 +104,14 @@ class ServedPV(cas.casPV):
         field_pv = self.fields.get(field.name)
         if field_pv is None:
             field_pv = self.fields[field.name] = FieldPV(self, field, self.handler)
+            if self.access_group:
+                field_pv.setAccessSecurityGroup(self.access_group)
         return field_pv
+
+    def setAccessSecurityGroup(self, group: str) -> bool:
+        """Put this PV (and the fields made from it later) in access security `group`."""
+        self.access_group = group
+        return cas.casPV.setAccessSecurityGroup(self, group)
 
     # --- called by the CA server library -------------------------------------------
 

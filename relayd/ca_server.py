@@ -35,6 +35,12 @@ log = logging.getLogger("relayd.ca")
 
 # The CA status a client gets back for each refusal. Clients report any of these as a
 # failed put (ECA_PUTFAIL); the reason itself is in the log and the status PVs.
+# Access security groups (ASG) of the relay's PVs; an ACF without one of them puts those
+# PVs in its DEFAULT group.
+ASG_RELAY = "RELAY"  # relay PVs, placeholders and their fields: write = create/put
+ASG_DELETE = "DELETE"  # <prefix>:delpv
+ASG_STATUS = "STATUS"  # <prefix>:pvlist and the status PVs (read-only anyway)
+
 PUT_STATUS = {
     Reason.BAD_VALUE: cas.S_cas_noConvert,
     Reason.TOO_MANY_ELEMENTS: cas.S_cas_badElementCount,
@@ -49,13 +55,19 @@ class CAServer(cas.caServer):
 
     def __init__(self, config: Config):
         cas.caServer.__init__(self)
+        # Access security groups are assigned to each PV as it is made (see SECURITY.md).
+        self.access_security = bool(config.access_security)
         grammar = Grammar(config.prefix, config.name_limits)
         registry: Registry[ServedPV] = Registry(
             grammar, self._new_pv, config.max_pvs, config.max_placeholders,
-            Meta(tmo=config.stale_timeout),
+            Meta(tmo=config.stale_timeout), config.max_total_bytes,
         )
         self.relay: Relay[ServedPV] = Relay(grammar, registry)
         self.control = ControlPVs(config, self.relay, self.delete, self.report)
+        if self.access_security:
+            self.control.delpv.setAccessSecurityGroup(ASG_DELETE)
+            for pv in self.control.computed:
+                pv.setAccessSecurityGroup(ASG_STATUS)
         self.stale_watch = StaleWatch()
         self.autosaver: Autosaver | None = None  # set by the CA process when enabled
         self._refusals = RateLimitedLog(log)
@@ -64,7 +76,10 @@ class CAServer(cas.caServer):
         self._graveyard: list[Any] = []
 
     def _new_pv(self, state: PVState) -> ServedPV:
-        return ServedPV(state, self)
+        pv = ServedPV(state, self)
+        if self.access_security:
+            pv.setAccessSecurityGroup(ASG_RELAY)
+        return pv
 
     def report(self, refused: Refused, source: str) -> int:
         """Count and log (rate-limited) a refusal; return the CA status for it."""

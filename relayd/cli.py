@@ -36,6 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from relayd.autosave_cli import main as autosave_main
 
         return autosave_main(argv[1:])
+    if argv[:1] == ["keygen"]:
+        from relayd.keys import keygen_main
+
+        return keygen_main(list(argv[1:]))
     try:
         config = configuration.parse(argv)
     except (ValueError, OSError) as error:

@@ -27,7 +27,7 @@ from typing import Iterable, Mapping
 
 import zmq
 
-from relayd import protocol
+from relayd import keys, protocol
 
 
 class RelayError(Exception):
@@ -55,12 +55,18 @@ class Client:
     by default) raises ValueError before it is sent: the relay would drop the connection
     on it. `context` is a zmq.Context to share; by default the client has its own, and
     terminating it at `close` is what makes the linger wait happen.
+
+    For a relay with CURVE on, give `curve_secret_key` (this publisher's ``.key_secret``
+    file, whose public half is in the relay's authorised keys) and `curve_server_key`
+    (the relay's ``.key``). A relay that does not know the key never accepts the
+    connection: messages then wait in the queue, and `RelayUnreachable` follows.
     """
 
     def __init__(self, endpoint: str = protocol.DEFAULT_ENDPOINT, *, send_timeout: float = 5.0,
                  queue_size: int = 10_000, linger: float = 2.0, context: zmq.Context | None = None,
                  immediate: bool = False,
-                 max_message_size: int | None = protocol.MAX_MESSAGE_SIZE):
+                 max_message_size: int | None = protocol.MAX_MESSAGE_SIZE,
+                 curve_secret_key: str | None = None, curve_server_key: str | None = None):
         if send_timeout < 0 or linger < 0:
             raise ValueError("send_timeout and linger must be >= 0")
         if queue_size < 1:
@@ -77,6 +83,19 @@ class Client:
         self._socket.setsockopt(zmq.SNDHWM, queue_size)
         self._socket.setsockopt(zmq.LINGER, int(linger * 1000))
         self._socket.setsockopt(zmq.IMMEDIATE, 1 if immediate else 0)
+        if (curve_secret_key is None) != (curve_server_key is None):
+            self._close(0)
+            raise ValueError("CURVE needs both curve_secret_key and curve_server_key")
+        if curve_secret_key is not None:
+            try:
+                public, secret = keys.load_secret_key(curve_secret_key)
+                server = keys.load_public_key(curve_server_key)  # type: ignore[arg-type]
+            except ValueError:
+                self._close(0)
+                raise
+            self._socket.curve_publickey = public
+            self._socket.curve_secretkey = secret
+            self._socket.curve_serverkey = server
         try:
             self._socket.connect(endpoint)
         except zmq.ZMQError as error:

@@ -56,6 +56,12 @@ class Config:
     no_autosave: bool = False
     autosave_interval: float = 1.0
     autosave_reset: bool = False
+    max_total_bytes: int = 4 * 1024**3
+    curve_secret_key: str = ""
+    curve_authorized_keys: str = ""
+    zmq_allow: tuple = ()
+    insecure: bool = False
+    access_security: str = ""
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -73,6 +79,11 @@ class Config:
             raise ValueError("stale_timeout must be >= 0")
         if not 0 < self.autosave_interval <= 60:
             raise ValueError("autosave_interval must be > 0 and <= 60 seconds")
+        object.__setattr__(self, "zmq_allow", tuple(self.zmq_allow))
+        if bool(self.curve_secret_key) != bool(self.curve_authorized_keys):
+            raise ValueError("CURVE needs both curve_secret_key and curve_authorized_keys")
+        if self.max_total_bytes < 1:
+            raise ValueError("max_total_bytes must be >= 1")
         validate_prefix(self.prefix)
         for name in ("max_name_length", "max_elements", "max_pvs", "max_placeholders"):
             if getattr(self, name) < 1:
@@ -130,6 +141,22 @@ HELP = {
     "autosave_interval": "seconds between autosave writes (the most a kill can lose)",
     "autosave_reset": "if the autosave file is unreadable or corrupt, move it aside and "
                       "start empty instead of refusing to start",
+    "max_total_bytes": "most bytes all PVs together may hold (counted at their full size)",
+    "curve_secret_key": "the relay's CurveZMQ secret key file (NAME.key_secret from relayd "
+                        "keygen): encrypts and authenticates the ingest socket",
+    "curve_authorized_keys": "folder of the public keys (*.key) of the publishers allowed "
+                             "to connect (with --curve-secret-key)",
+    "zmq_allow": "client IP address allowed to connect to the ingest socket; repeat for "
+                 "several (default: any address)",
+    "insecure": "allow binding the ingest socket beyond loopback without CURVE",
+    "access_security": "EPICS access security file (ACF) for every CA PV; see SECURITY.md",
+}
+
+
+METAVARS = {
+    "zmq_bind": "ENDPOINT", "zmq_allow": "ADDRESS", "autosave": "FILE",
+    "curve_secret_key": "FILE", "curve_authorized_keys": "DIR", "access_security": "FILE",
+    "prefix": "PREFIX",
 }
 
 
@@ -143,21 +170,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=field.name, action="store_true", default=None,
                                 help=HELP[field.name])
             continue
+        shown = "" if field.default in ("", ()) else (
+            " ".join(field.default) if kind is tuple else field.default)
+        help_text = HELP[field.name] + (f" (default: {shown})" if shown != "" else "")
+        metavar = METAVARS.get(field.name, field.name.upper())
         if kind is tuple:
-            parser.add_argument(
-                flag, dest=field.name, action="append", default=None,
-                metavar=field.name.split("_")[-1].upper(),
-                help=f"{HELP[field.name]} (default: {' '.join(field.default)})",
-            )
+            parser.add_argument(flag, dest=field.name, action="append", default=None,
+                                metavar=metavar, help=help_text)
             continue
-        parser.add_argument(
-            flag,
-            dest=field.name,
-            type=kind,
-            default=None,
-            metavar=field.name.upper(),
-            help=f"{HELP[field.name]} (default: {field.default})",
-        )
+        parser.add_argument(flag, dest=field.name, type=kind, default=None,
+                            metavar=metavar, help=help_text)
 
 
 def load_file(path: str) -> dict[str, Any]:

@@ -24,6 +24,8 @@ class Reason(enum.Enum):
     NO_SUCH_PV = "noSuchPV"                 # delete of a name that holds no PV
     READ_ONLY = "readOnly"                  # put to a status PV
     MALFORMED = "malformed"                 # a message that does not decode
+    AUTH_DENIED = "authDenied"              # a ZMQ connection refused by CURVE/allow-list
+    BYTES_LIMIT = "bytesLimit"              # the relay already holds its most bytes
     INTERNAL = "internal"                   # a bug in relayd; logged with a traceback
 
     @property
@@ -46,6 +48,8 @@ _DESCRIPTIONS = {
     Reason.NO_SUCH_PV: "delete of a name that holds no PV, or put to a deleted PV",
     Reason.READ_ONLY: "put to a read-only status PV",
     Reason.MALFORMED: "a message that does not decode",
+    Reason.AUTH_DENIED: "a ZMQ connection was refused: unknown key or address not allowed",
+    Reason.BYTES_LIMIT: "the PVs would hold more than --max-total-bytes",
     Reason.INTERNAL: "an internal error in relayd (logged with a traceback)",
 }
 

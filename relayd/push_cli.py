@@ -166,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ts", type=float, metavar="SECONDS",
                         help="source time stamp of a single put, POSIX seconds "
                              "(default: the relay's clock when it receives the value)")
+    parser.add_argument("--curve-secret-key", metavar="FILE",
+                        help="this publisher's CurveZMQ secret key (NAME.key_secret), for "
+                             "a relay with CURVE on")
+    parser.add_argument("--curve-server-key", metavar="FILE",
+                        help="the relay's public key (NAME.key), with --curve-secret-key")
     parser.add_argument("--meta", action="append", default=[], metavar="FIELD=VALUE",
                         help="set a PV attribute with the value, or alone when no VALUE "
                              "is given; repeatable. FIELD is a lower-case field name: "
@@ -207,10 +212,13 @@ def _meta_value(ca_type: str, text: str, item: str) -> object:
 # --- running ------------------------------------------------------------------------------
 
 
-def _connect(endpoint: str, timeout: float) -> Client:
-    # immediate: a one-shot command must fail when no relay is there, not queue and exit 0.
+def _connect(args: argparse.Namespace) -> Client:
+    # immediate: a one-shot command must fail when no relay is there (or none accepts
+    # our key), not queue and exit 0.
     try:
-        return Client(endpoint, send_timeout=timeout, linger=timeout, immediate=True)
+        return Client(args.endpoint, send_timeout=args.timeout, linger=args.timeout,
+                      immediate=True, curve_secret_key=args.curve_secret_key,
+                      curve_server_key=args.curve_server_key)
     except ValueError as error:
         raise UsageError(str(error)) from None
 
@@ -225,14 +233,14 @@ def push_one(args: argparse.Namespace) -> None:
             raise UsageError("--ts applies to a single put")
         if args.meta:
             raise UsageError("--meta does not go with --delete")
-        with _connect(args.endpoint, args.timeout) as client:
+        with _connect(args) as client:
             client.delete(args.name)
         return
     meta = parse_meta(args.meta)
     if meta is not None and not args.values:
         if args.ts is not None:
             raise UsageError("--ts applies to a put of a value")
-        with _connect(args.endpoint, args.timeout) as client:
+        with _connect(args) as client:
             client.set_meta(args.name, **meta)
         return
     value = parse_value(spec, args.values)
@@ -240,7 +248,7 @@ def push_one(args: argparse.Namespace) -> None:
         problem = protocol.ts_problem(args.ts)
         if problem:
             raise UsageError(f"--ts: {problem}")
-    with _connect(args.endpoint, args.timeout) as client:
+    with _connect(args) as client:
         client.put(args.name, value, ts=args.ts, meta=meta)
 
 
@@ -302,7 +310,7 @@ def push_lines(args: argparse.Namespace, stdin: BinaryIO) -> None:
     # bounded queue makes a fast writer wait when the relay is slower, instead of memory.
     lines: queue.Queue = queue.Queue(maxsize=LINES_MAX_UPDATES * 10)
     threading.Thread(target=_read_lines, args=(stdin, lines), daemon=True).start()
-    with _connect(args.endpoint, args.timeout) as client:
+    with _connect(args) as client:
         for group in windows(lines):
             batch, size = [], 0
             for line in group:

@@ -146,22 +146,29 @@ class BufferState(PVState):
 
     def __init__(self, spec: PVSpec, meta: Meta = DEFAULT_META):
         super().__init__(spec, meta)
-        self.ring = Ring(spec.count, _NUMPY_DTYPE[spec.kind])
+        # Made at the first put: a name only watched (a placeholder) holds no memory.
+        self.ring: Ring | None = None
 
     def put(self, value: Stored, ts_ns: int, now: float = 0.0) -> bool:
         if isinstance(value, bytes):
             value = np.frombuffer(value, dtype=np.uint8)
+        if self.ring is None:
+            self.ring = Ring(self.spec.count, _NUMPY_DTYPE[self.spec.kind])
         self.ring.extend(value)  # type: ignore[arg-type]
         self.value = self.ring
         return self._stamp(self.alarm_value(), ts_ns, now)
 
+    def view(self) -> np.ndarray:
+        """The elements held, oldest first."""
+        return self.ring.view() if self.ring is not None else _EMPTY[self.spec.kind]
+
     def alarm_value(self) -> object:
         """A buffer is a time trace: its alarm follows its newest element."""
-        view = self.ring.view()
+        view = self.view()
         return view[-1:] if len(view) else None
 
     def served(self) -> bytes | np.ndarray:
-        view = self.ring.view()
+        view = self.view()
         if self.spec.kind is Kind.CHAR:
             text = view.tobytes()
             return text + b"\0" if len(text) < self.spec.count else text

@@ -41,12 +41,15 @@ class Registry(Generic[PV]):
         max_pvs: int = 100_000,
         max_placeholders: int = 10_000,
         default_meta: Meta = DEFAULT_META,
+        max_bytes: int = 4 * 1024**3,
     ):
         self.grammar = grammar
         self.default_meta = default_meta  # new PVs start with these attributes
         self.max_pvs = max_pvs
         self.max_placeholders = max_placeholders
         self._factory = factory
+        self.max_bytes = max_bytes
+        self.bytes = 0  # the full size of every PV held (count x element size)
         self.pvs: dict[str, PV] = {}
         self.placeholders: dict[str, PV] = {}
         self._pvlist: str | None = ""
@@ -118,6 +121,13 @@ class Registry(Generic[PV]):
             raise Refused(
                 Reason.PV_LIMIT, f"{spec.name}: the relay holds {self.max_pvs} PVs already"
             )
+        if self.bytes + spec.nbytes > self.max_bytes:
+            raise Refused(
+                Reason.BYTES_LIMIT,
+                f"{spec.name}: {spec.nbytes} more bytes would exceed the limit of "
+                f"{self.max_bytes} (the PVs hold {self.bytes})",
+            )
+        self.bytes += spec.nbytes
         pv = self.placeholders.pop(spec.name, None)
         if pv is None:
             pv = self._factory(new_state(spec, self.default_meta))
@@ -138,6 +148,7 @@ class Registry(Generic[PV]):
         pv = self.pvs.pop(name, None)
         if pv is None:
             raise Refused(Reason.NO_SUCH_PV, f"{name}: no such PV")
+        self.bytes -= pv.state.spec.nbytes
         self._changed()
         return pv
 

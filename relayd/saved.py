@@ -60,7 +60,7 @@ def make(spec: PVSpec, value: object, ts_ns: int, meta: Meta) -> SavedPV:
 
 def from_state(state: PVState) -> SavedPV:
     """The saved form of a live PV."""
-    value = state.ring.view() if state.spec.buffer else state.value  # type: ignore[attr-defined]
+    value = state.view() if state.spec.buffer else state.value  # type: ignore[attr-defined]
     return make(state.spec, value, state.ts_ns, state.meta)
 
 

@@ -21,7 +21,6 @@ import socket
 import time
 from collections import Counter
 from typing import Callable
-from urllib.parse import urlsplit
 
 import zmq
 
@@ -34,6 +33,7 @@ from relayd.names import Grammar, PVSpec
 from relayd.meta import check_changes
 from relayd.pipe import DELETE, META, PUT, Forward, PipeWriter, encode_forward
 from relayd.protocol import NO_VALUE
+from workers.gate import Gatekeeper, secure
 from relayd.values import convert
 
 log = logging.getLogger("relayd.ingest")
@@ -53,6 +53,7 @@ class Ingest:
         self._specs: dict[str, PVSpec] = {}
         self._cache_size = cache_size
         self._messages = 0
+        self._denials_seen = 0
         self._updates = 0
         self._refused: Counter[str] = Counter()
         self._last_refusal = ""
@@ -102,6 +103,14 @@ class Ingest:
         ts_ns = arrival_ns if update.ts is None else round(update.ts * 1_000_000) * 1000
         return (PUT, spec.name, stored, ts_ns, meta)
 
+    def note_denials(self, total: int, last: str) -> None:
+        """Count connections the authenticator refused since the last call (of `total`)."""
+        new = total - self._denials_seen
+        if new > 0:
+            self._denials_seen = total
+            for _ in range(new):
+                self.refuse(Refused(Reason.AUTH_DENIED, last), "ZMQ")
+
     def take_counters(self) -> dict:
         """Counters since the last call (for `relay.Stats.merge_worker`), then reset."""
         counters: dict = {}
@@ -117,41 +126,39 @@ class Ingest:
         return counters
 
 
-def is_local(endpoint: str) -> bool:
-    """True for endpoints only this host can reach (loopback TCP, ipc, inproc)."""
-    parts = urlsplit(endpoint)
-    if parts.scheme in ("ipc", "inproc"):
-        return True
-    host = (parts.hostname or "").strip("[]")
-    return host in ("localhost", "::1") or host.startswith("127.")
+def bind(config: Config) -> tuple[zmq.Context, zmq.Socket, Gatekeeper | None]:
+    """The PULL socket, secured (`gate.secure`) and bound on every endpoint.
 
-
-def bind(config: Config) -> tuple[zmq.Context, zmq.Socket]:
-    """The PULL socket, bound on every endpoint; `BootError` if one cannot be bound."""
+    `BootError` if it cannot be secured or an endpoint cannot be bound.
+    """
     context = zmq.Context()
     sock = context.socket(zmq.PULL)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, config.zmq_rcvhwm)
     sock.setsockopt(zmq.MAXMSGSIZE, config.zmq_max_message_size)
-    for endpoint in config.zmq_bind:
-        try:
-            sock.bind(endpoint)
-        except zmq.ZMQError as error:
-            sock.close()
-            context.term()
-            raise BootError(
-                f"cannot bind ZMQ endpoint {endpoint}: {zmq.strerror(error.errno)}"
-            ) from None
-        if not is_local(endpoint):
-            log.warning("ZMQ ingest bound beyond loopback on %s: any host that reaches it "
-                        "may publish and delete PVs", endpoint)
-    return context, sock
+    gate = None
+    try:
+        gate = secure(config, context, sock)
+        for endpoint in config.zmq_bind:
+            try:
+                sock.bind(endpoint)
+            except zmq.ZMQError as error:
+                raise BootError(
+                    f"cannot bind ZMQ endpoint {endpoint}: {zmq.strerror(error.errno)}"
+                ) from None
+    except BootError:
+        if gate is not None:
+            gate.stop()
+        sock.close()
+        context.term()
+        raise
+    return context, sock, gate
 
 
 def run(config: Config, pipe: socket.socket, lifeline: Lifeline,
         stopping: Callable[[], bool]) -> None:
     """Receive, validate and forward until `stopping()` or the supervisor goes away."""
-    context, sock = bind(config)
+    context, sock, gate = bind(config)
     ingest = Ingest(Grammar(config.prefix, config.name_limits))
     writer = PipeWriter(pipe)
     poller = zmq.Poller()
@@ -181,6 +188,8 @@ def run(config: Config, pipe: socket.socket, lifeline: Lifeline,
             if now >= next_housekeeping:
                 next_housekeeping = now + HOUSEKEEPING
                 housekeeping(lifeline)
+                if gate is not None:
+                    ingest.note_denials(gate.denied, gate.last_denial)
                 counters = ingest.take_counters()
                 if counters:
                     seq += 1
@@ -190,6 +199,8 @@ def run(config: Config, pipe: socket.socket, lifeline: Lifeline,
         signal.set_wakeup_fd(-1)
         os.close(wake_r)
         os.close(wake_w)
+        if gate is not None:
+            gate.stop()
         sock.close()
         context.term()
     log.info("ingest worker stopped")
