@@ -9,7 +9,7 @@ stamp, and the alarm only when there is one) and never goes through pcaspy's gen
 from __future__ import annotations
 
 import numpy as np
-from pcaspy import cas
+from pcaspy import _cas, cas
 
 from relayd.names import Kind, PVSpec
 from relayd.pvstate import PVState
@@ -58,11 +58,57 @@ def fill(value: cas.gdd, state: PVState, stamp: cas.epicsTimeStamp | None = None
     value.setTimeStamp(stamp if stamp is not None else epics_time(state.ts_ns))
 
 
-def event(state: PVState, stamp: cas.epicsTimeStamp | None = None) -> cas.gdd:
-    """A new value gdd for a monitor event of `state`."""
-    value = cas.gdd(GDD_APP_VALUE, AIT[state.spec.kind])
-    fill(value, state, stamp)
+# The SWIG functions behind pcaspy's gdd methods. `event` calls them directly on the
+# plain SWIG object: building pcaspy's proxy object and looking up its methods cost more
+# than the work itself (measured: 1.3 us against 0.5 us for a scalar event).
+_new_gdd = _cas.new_gdd
+_put_number = _cas.gdd_putConvertNumeric
+_set_dimension = _cas.gdd_setDimension
+_set_bound = _cas.gdd_setBound
+_set_stat_sevr = _cas.gdd_setStatSevr
+_set_stamp = _cas.gdd_setTimeStamp
+_PUT_ARRAY_RAW = {
+    Kind.FLOAT: _cas.gdd_putDoubleDataBuffer,
+    Kind.INT: _cas.gdd_putIntDataBuffer,
+    Kind.CHAR: _cas.gdd_putCharDataBuffer,
+}
+
+
+def event(state: PVState, stamp: cas.epicsTimeStamp | None = None) -> object:
+    """A new value gdd (a plain SWIG object) for a monitor event of `state`."""
+    spec = state.spec
+    kind = spec.kind
+    value = _new_gdd(GDD_APP_VALUE, AIT[kind])
+    served = state.served()
+    if spec.count == 1:
+        _put_number(value, served[0] if kind is Kind.CHAR else served)
+    else:
+        _set_dimension(value, 1, None)
+        _set_bound(value, 0, 0, len(served))
+        _PUT_ARRAY_RAW[kind](value, served)
+    if state.severity or state.status:
+        _set_stat_sevr(value, state.status, state.severity)
+    _set_stamp(value, stamp if stamp is not None else epics_time(state.ts_ns))
     return value
+
+
+class Stamps:
+    """epicsTimeStamps for POSIX nanoseconds, remembering the last one made.
+
+    Every update of one ZMQ message carries the same arrival time, so a batch of posts
+    needs one time stamp object, not one per event.
+    """
+
+    __slots__ = ("_ns", "_stamp")
+
+    def __init__(self) -> None:
+        self._ns = -1
+        self._stamp: cas.epicsTimeStamp | None = None
+
+    def __call__(self, ts_ns: int) -> cas.epicsTimeStamp:
+        if ts_ns != self._ns:
+            self._ns, self._stamp = ts_ns, epics_time(ts_ns)
+        return self._stamp  # type: ignore[return-value]
 
 
 def extract(value: cas.gdd, spec: PVSpec) -> object:

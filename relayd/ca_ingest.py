@@ -20,6 +20,7 @@ from collections import deque
 
 from pcaspy import cas
 
+from relayd.ca_gdd import Stamps
 from relayd.ca_pvs import DBE_ALL, DBE_VALUE_LOG, ServedPV
 from relayd.ca_server import CAServer
 from relayd.errors import Reason, Refused
@@ -40,6 +41,7 @@ class PipeIngest:
         self.stats = server.relay.stats
         self._pending: deque[list] = deque()  # batches read but not yet applied
         self._sent_ns = 0  # when the worker sent the forward they came in
+        self._stamps = Stamps()
 
     def drain(self, max_updates: int, budget: float) -> bool:
         """Apply waiting batches; True once the pipe is empty.
@@ -85,12 +87,15 @@ class PipeIngest:
         touched: dict[ServedPV, int] = {}
         pvs = self.relay.registry.pvs
         now = time.monotonic()
+        relay = self.relay
         for op, name, value, ts_ns, meta in ops:
             try:
                 if op == PUT:
                     pv = pvs.get(name)
-                    spec = pv.state.spec if pv is not None else self._spec(name)
-                    pv, alarm_changed = self.relay.apply(spec, value, ts_ns, now, meta)
+                    if pv is not None:
+                        alarm_changed = relay.update(pv, value, ts_ns, now, meta)
+                    else:
+                        pv, alarm_changed = relay.apply(self._spec(name), value, ts_ns, now, meta)
                     mask = touched.get(pv, DBE_VALUE_LOG)
                     if alarm_changed:
                         mask |= DBE_ALL
@@ -107,11 +112,12 @@ class PipeIngest:
             except Exception:
                 log.exception("internal error applying an update to %r", name)
                 self.server.report(Refused(Reason.INTERNAL, f"update to {name!r}"), SOURCE)
+        stamps = self._stamps
         for pv, mask in touched.items():
             if mask & cas.DBE_PROPERTY:
                 pv.post_property()
                 mask &= ~cas.DBE_PROPERTY
-            self.server.applied(pv, mask, now)
+            self.server.applied(pv, mask, now, stamps(pv.state.ts_ns))
 
     def _spec(self, name: str):
         spec = self.relay.grammar.parse(name)

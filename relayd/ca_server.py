@@ -181,9 +181,13 @@ class CAServer(cas.caServer):
 
     # --- after a change ------------------------------------------------------------------
 
-    def applied(self, pv: ServedPV, mask: int, now: float) -> None:
-        """A value was applied to `pv`: post it, save it, watch it if it may go stale."""
-        pv.post(mask)
+    def applied(self, pv: ServedPV, mask: int, now: float,
+                stamp: cas.epicsTimeStamp | None = None) -> None:
+        """A value was applied to `pv`: post it, save it, watch it if it may go stale.
+
+        `stamp` is the value's time stamp when the caller has it made already.
+        """
+        pv.post(mask, stamp)
         if self.autosaver is not None:
             self.autosaver.touch(pv.state)
         if pv.state.meta.tmo > 0:

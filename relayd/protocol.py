@@ -194,6 +194,20 @@ class _BadUpdate(Exception):
 
 
 def _update(item: object, index: int) -> Update:
+    # The common case first: just a name and a plain value (no packed array).
+    if type(item) is dict and len(item) == 2:
+        pv, value = item.get("pv"), item.get("value", _MISSING)
+        if type(pv) is str and value is not _MISSING and type(value) in _PLAIN:
+            return Update(pv, PUT, value, None, index)
+    return _full_update(item, index)
+
+
+_MISSING = object()
+# msgpack-native value types that `_value` passes through unchanged.
+_PLAIN = frozenset({float, int, str, bytes, list, bool, type(None)})
+
+
+def _full_update(item: object, index: int) -> Update:
     if not isinstance(item, dict):
         raise _BadUpdate(f"a msgpack {_type_name(item)} where a map was expected")
     if "v" in item:

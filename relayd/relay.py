@@ -111,6 +111,15 @@ class Relay(Generic[PV]):
         self.stats.restored += 1
         return pv
 
+    def update(self, pv: PV, stored: Stored, ts_ns: int, now: float,
+               meta: dict | None = None) -> bool:
+        """`apply` for a PV already looked up (the ingest hot path); True if alarm changed."""
+        state = pv.state
+        if meta:
+            state.meta = replace(state.meta, **meta)
+        self.stats.accepted += 1
+        return state.put(stored, ts_ns, now)
+
     def set_meta(self, name: str, changes: dict) -> tuple[PV, bool]:
         """Apply checked attribute changes to the existing PV `name`.
 

@@ -28,7 +28,7 @@ Conversions:
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Callable, Union
 
 import numpy as np
 
@@ -151,15 +151,33 @@ def _text(spec: PVSpec, raw: object) -> bytes:
 
 def convert(spec: PVSpec, raw: object) -> Stored:
     """The stored form of `raw` for a PV of `spec`, or `Refused` saying why not."""
+    return converter(spec)(spec, raw)
+
+
+def converter(spec: PVSpec) -> Callable[[PVSpec, object], Stored]:
+    """The conversion function for PVs like `spec`: ``converter(spec)(spec, raw)``.
+
+    Chosen once per name by callers that convert many values (the ingest worker caches
+    it with the parsed name), instead of on every value.
+    """
     if spec.kind is Kind.CHAR:
-        return _text(spec, raw)
+        return _text
     if spec.is_scalar and not spec.buffer:
-        if spec.kind is Kind.FLOAT:
-            return _float_scalar(spec, raw)
-        return _int_scalar(spec, raw)
+        return _float_scalar if spec.kind is Kind.FLOAT else _int_scalar
+    return _int_array_of if spec.kind is Kind.INT else _float_array_of
+
+
+def _sized_array(spec: PVSpec, raw: object) -> np.ndarray:
     array = numeric_array(spec, raw)
     if array.size > spec.count:
         raise _too_many(spec, array.size)
-    if spec.kind is Kind.INT:
-        return _int_array(spec, array)
-    return np.array(array, dtype=np.float64)  # always a copy: never alias the sender's memory
+    return array
+
+
+def _int_array_of(spec: PVSpec, raw: object) -> np.ndarray:
+    return _int_array(spec, _sized_array(spec, raw))
+
+
+def _float_array_of(spec: PVSpec, raw: object) -> np.ndarray:
+    # always a copy: never alias the sender's memory
+    return np.array(_sized_array(spec, raw), dtype=np.float64)
