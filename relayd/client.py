@@ -86,6 +86,7 @@ class Client:
         if (curve_secret_key is None) != (curve_server_key is None):
             self._close(0)
             raise ValueError("CURVE needs both curve_secret_key and curve_server_key")
+        self.curve = curve_secret_key is not None
         if curve_secret_key is not None:
             try:
                 public, secret = keys.load_secret_key(curve_secret_key)
@@ -179,15 +180,19 @@ class Client:
             self._socket.poll(max(1, int(remaining * 1000)), zmq.POLLOUT)
 
     def _unreachable_text(self) -> str:
+        question = "is relayd running and listening there?"
+        if self.curve:
+            question = ("is relayd running and listening there, with CURVE on, this "
+                        "publisher's key authorised and the right server key?")
         if self.immediate:
             return (
                 f"no connection to a relay at {self.endpoint} within "
-                f"{self.send_timeout:g} s; is relayd running and listening there?"
+                f"{self.send_timeout:g} s; {question}"
             )
         return (
             f"cannot queue a message for {self.endpoint} within {self.send_timeout:g} s: "
             f"the queue of {self.queue_size} messages is full and the relay is not taking "
-            "any; is relayd running and listening there?"
+            f"any; {question}"
         )
 
 
