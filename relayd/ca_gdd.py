@@ -53,8 +53,8 @@ def fill(value: cas.gdd, state: PVState, stamp: cas.epicsTimeStamp | None = None
         value.setDimension(1)
         value.setBound(0, 0, len(served))
         _PUT_ARRAY[spec.kind](value, served)
-    if state.severity or state.status:
-        value.setStatSevr(state.status, state.severity)
+    # Always set, even to NO_ALARM: pcas reuses containers, with the alarm they last held.
+    value.setStatSevr(state.status, state.severity)
     value.setTimeStamp(stamp if stamp is not None else epics_time(state.ts_ns))
 
 
@@ -86,8 +86,7 @@ def event(state: PVState, stamp: cas.epicsTimeStamp | None = None) -> object:
         _set_dimension(value, 1, None)
         _set_bound(value, 0, 0, len(served))
         _PUT_ARRAY_RAW[kind](value, served)
-    if state.severity or state.status:
-        _set_stat_sevr(value, state.status, state.severity)
+    _set_stat_sevr(value, state.status, state.severity)
     _set_stamp(value, stamp if stamp is not None else epics_time(state.ts_ns))
     return value
 
@@ -139,6 +138,9 @@ def extract(value: cas.gdd, spec: PVSpec) -> object:
 # are: 1 units, 2 LOW, 3 HIGH, 4 LOLO, 5 HIHI, 6 DRVL, 7 DRVH, 8 LOPR, 9 HOPR, and for
 # doubles 10 PREC.
 CTRL_APP = {Kind.FLOAT: 34, Kind.INT: 33, Kind.CHAR: 32}
+# Every numeric DBR_CTRL a client may ask for (short 29, float 30, char 32, long 33,
+# double 34); they share the layout up to the control limits.
+CTRL_APPS_ALL = frozenset({29, 30, 32, 33, 34})
 CTRL_VALUE = {Kind.FLOAT: 11, Kind.INT: 10, Kind.CHAR: 10}
 CTRL_LIMITS = ((2, "low"), (3, "high"), (4, "lolo"), (5, "hihi"),
                (6, "drvl"), (7, "drvh"), (8, "lopr"), (9, "hopr"))
@@ -191,8 +193,7 @@ def fill_field(value: cas.gdd, ca_type: str, field_value: object, state: PVState
         value.putConvertString(str(field_value))
     else:
         value.putConvertNumeric(field_value)
-    if state.severity or state.status:
-        value.setStatSevr(state.status, state.severity)
+    value.setStatSevr(state.status, state.severity)
     value.setTimeStamp(epics_time(state.ts_ns))
 
 

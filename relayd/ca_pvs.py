@@ -30,7 +30,7 @@ _internal_errors = RateLimitedLog(log, burst=3, period=60.0)
 
 DBE_VALUE_LOG = cas.DBE_VALUE | cas.DBE_LOG
 DBE_ALL = cas.DBE_VALUE | cas.DBE_LOG | cas.DBE_ALARM
-_CTRL_APPS = frozenset(ca_gdd.CTRL_APP.values())
+_CTRL_APPS = ca_gdd.CTRL_APPS_ALL
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -73,14 +73,57 @@ class Handler(Protocol):
     def ca_field_released(self, pv: "FieldPV") -> None: ...
 
 
-class ServedPV(cas.casPV):
+class MonitoredPV(cas.casPV):
+    """What every relayd PV does alike for the CA library.
+
+    It knows whether anyone monitors it (pcas says so with interestRegister and
+    interestDelete), and hands puts and its final release (the last channel closed) to
+    `_put` and `_released`, which each kind of PV defines.
+    """
+
+    def __init__(self) -> None:
+        cas.casPV.__init__(self)
+        self.monitored = False
+
+    def _put(self, client: Any, value: cas.gdd) -> int:
+        raise NotImplementedError
+
+    def _released(self) -> None:
+        raise NotImplementedError
+
+    @guarded(cas.S_cas_internal)
+    def write(self, client: Any, value: cas.gdd) -> int:
+        return self._put(client, value)
+
+    @guarded(cas.S_cas_internal)
+    def writeNotify(self, client: Any, value: cas.gdd) -> int:
+        # A put with completion (caput -c, pyepics wait=True) is applied at once, so
+        # it completes at once; the status tells the client whether it was accepted.
+        return self._put(client, value)
+
+    @guarded(cas.S_casApp_success)
+    def interestRegister(self) -> int:
+        self.monitored = True
+        return cas.S_casApp_success
+
+    @guarded(None)
+    def interestDelete(self) -> None:
+        self.monitored = False
+
+    @guarded(None)
+    def destroy(self) -> None:
+        # The library is done with this PV: its last channel closed.
+        self.monitored = False
+        self._released()
+
+
+class ServedPV(MonitoredPV):
     """One PV as the CA server library sees it."""
 
     def __init__(self, state: PVState, handler: Handler):
-        cas.casPV.__init__(self)
+        MonitoredPV.__init__(self)
         self.state = state
         self.handler = handler
-        self.monitored = False
         self.fields: dict[str, FieldPV] | None = None  # attached field PVs, by field name
         self.access_group = ""  # access security group, when an ACF is in use
 
@@ -188,29 +231,10 @@ class ServedPV(cas.casPV):
         value.putConvertNumeric(self.state.field("LOW"))
         return cas.S_casApp_success
 
-    @guarded(cas.S_cas_internal)
-    def write(self, client: Any, value: cas.gdd) -> int:
+    def _put(self, client: Any, value: cas.gdd) -> int:
         return self.handler.ca_put(self, client, value)
 
-    @guarded(cas.S_cas_internal)
-    def writeNotify(self, client: Any, value: cas.gdd) -> int:
-        # A put with completion (caput -c, pyepics wait=True) is applied at once, so
-        # it completes at once; the status tells the client whether it was accepted.
-        return self.handler.ca_put(self, client, value)
-
-    @guarded(cas.S_casApp_success)
-    def interestRegister(self) -> int:
-        self.monitored = True
-        return cas.S_casApp_success
-
-    @guarded(None)
-    def interestDelete(self) -> None:
-        self.monitored = False
-
-    @guarded(None)
-    def destroy(self) -> None:
-        # The library is done with this PV: its last channel closed.
-        self.monitored = False
+    def _released(self) -> None:
         self.handler.ca_released(self)
 
 
@@ -243,7 +267,7 @@ class ComputedPV(ServedPV):
         return cas.S_casApp_success
 
 
-class FieldPV(cas.casPV):
+class FieldPV(MonitoredPV):
     """A record-style field of a relay PV, ``NAME.FIELD``, as its own CA PV.
 
     It holds nothing itself: reads come from the parent PV's state, writes go to the
@@ -252,20 +276,29 @@ class FieldPV(cas.casPV):
     """
 
     def __init__(self, parent: ServedPV, field: Field, handler: Handler):
-        cas.casPV.__init__(self)
+        MonitoredPV.__init__(self)
         self.parent = parent
         self.field = field
         self.handler = handler
         self.name = f"{parent.state.spec.name}.{field.name}"
-        self.monitored = False
+        self._posted: object = None  # the value last sent to monitors
 
     def value(self) -> object:
         return self.parent.state.field(self.field.name)
 
     def post(self) -> None:
+        """Tell monitors the field's value, if it changed (as an IOC posts a field)."""
         if self.monitored:
-            self.postEvent(DBE_VALUE_LOG, ca_gdd.field_event(
-                self.field.ca_type, self.value(), self.parent.state))
+            value = self.value()
+            if value != self._posted:
+                self._posted = value
+                self.postEvent(DBE_VALUE_LOG, ca_gdd.field_event(
+                    self.field.ca_type, value, self.parent.state))
+
+    @guarded(cas.S_casApp_success)
+    def interestRegister(self) -> int:
+        self._posted = self.value()  # pcas sends the current value on subscription
+        return MonitoredPV.interestRegister(self)
 
     @guarded("")
     def getName(self) -> str:
@@ -294,24 +327,8 @@ class FieldPV(cas.casPV):
             value.put(list(self.field.menu))
         return cas.S_casApp_success
 
-    @guarded(cas.S_cas_internal)
-    def write(self, client: Any, value: cas.gdd) -> int:
+    def _put(self, client: Any, value: cas.gdd) -> int:
         return self.handler.ca_field_put(self, client, value)
 
-    @guarded(cas.S_cas_internal)
-    def writeNotify(self, client: Any, value: cas.gdd) -> int:
-        return self.handler.ca_field_put(self, client, value)
-
-    @guarded(cas.S_casApp_success)
-    def interestRegister(self) -> int:
-        self.monitored = True
-        return cas.S_casApp_success
-
-    @guarded(None)
-    def interestDelete(self) -> None:
-        self.monitored = False
-
-    @guarded(None)
-    def destroy(self) -> None:
-        self.monitored = False
+    def _released(self) -> None:
         self.handler.ca_field_released(self)

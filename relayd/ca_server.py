@@ -166,7 +166,7 @@ class CAServer(cas.caServer):
             if not field.writable:
                 raise Refused(Reason.READ_ONLY, f"{field_pv.name} is read-only")
             raw = ca_gdd.extract_field(value, field.ca_type)
-            changes = check_changes({field.attribute: raw})
+            changes = check_changes({field.attribute: raw}, name)
             _, alarm_changed = self.relay.set_meta(name, changes)
         except Refused as refused:
             return self.report(refused, put_source(client))

@@ -28,6 +28,8 @@ from typing import Iterable, Mapping
 import zmq
 
 from relayd import keys, protocol
+from relayd.errors import Refused
+from relayd.meta import check_changes
 
 
 class RelayError(Exception):
@@ -111,11 +113,11 @@ class Client:
         `meta` sets attributes with the value, keyed by lower-case field name:
         ``meta={"egu": "K", "prec": 2, "hihi": 300.0, "tmo": 10}``.
         """
-        self._send(protocol.encode_update(pv, value, ts=ts, meta=meta))
+        self._send(protocol.encode_update(pv, value, ts=ts, meta=_checked(pv, meta)))
 
     def set_meta(self, pv: str, **meta: object) -> None:
         """Set attributes of the existing PV `pv`: ``set_meta("t_f1", egu="K", hihi=300)``."""
-        self._send(protocol.encode_update(pv, meta=meta))
+        self._send(protocol.encode_update(pv, meta=_checked(pv, meta)))
 
     def put_many(self, updates: Mapping[str, object] | Iterable[tuple[str, object]]) -> None:
         """Put several values in ONE message: a mapping {pv: value} or (pv, value) pairs.
@@ -196,6 +198,21 @@ class Client:
         )
 
 
+def _checked(pv: str, meta: dict | None) -> dict | None:
+    """`meta` as given, once the relay's own rules accept it (ValueError if not).
+
+    PUSH gets no reply, so an attribute the relay would refuse is caught here, at the
+    line that sent it, rather than only counted on the relay.
+    """
+    if meta is None:
+        return None
+    try:
+        check_changes(meta, pv)
+    except Refused as refused:
+        raise ValueError(refused.detail) from None
+    return meta
+
+
 class Batch:
     """Updates collected in a ``with`` block and sent as ONE message when it ends.
 
@@ -210,11 +227,11 @@ class Batch:
     def put(self, pv: str, value: object, *, ts: float | None = None,
             meta: dict | None = None) -> None:
         """Add a put of `value` (and attributes `meta`) to `pv` to the batch."""
-        self._updates.append(protocol.encode_update(pv, value, ts=ts, meta=meta))
+        self._updates.append(protocol.encode_update(pv, value, ts=ts, meta=_checked(pv, meta)))
 
     def set_meta(self, pv: str, **meta: object) -> None:
         """Add attribute changes for `pv` to the batch."""
-        self._updates.append(protocol.encode_update(pv, meta=meta))
+        self._updates.append(protocol.encode_update(pv, meta=_checked(pv, meta)))
 
     def delete(self, pv: str) -> None:
         """Add a delete of `pv` to the batch."""

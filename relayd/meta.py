@@ -93,11 +93,25 @@ def _refuse(name: str, why: str) -> Refused:
     return Refused(Reason.BAD_VALUE, f"{name.upper()}: {why}")
 
 
+def _decode(raw: bytes) -> str:
+    """Text from bytes: UTF-8, or else Latin-1, the usual EPICS charset ("\xb5m" is µm)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 def _string(name: str, value: object) -> str:
     if isinstance(value, (bytes, bytearray)):
-        value = bytes(value).split(b"\0", 1)[0].decode("utf-8", "replace")
+        value = _decode(bytes(value).split(b"\0", 1)[0])
     if not isinstance(value, str):
         raise _refuse(name, f"{value!r} is not text")
+    # Bytes that were not UTF-8 reach us from CA as lone surrogates: recover them.
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", "replace")
+    value = _decode(raw)
     if len(value.encode("utf-8")) > STRING_SIZE:
         raise _refuse(name, f"longer than {STRING_SIZE} bytes")
     return value
@@ -205,21 +219,28 @@ def record_type(spec: PVSpec) -> str:
     return "waveform"
 
 
-def check_changes(changes: object) -> dict[str, object]:
+def check_changes(changes: object, pv: str = "") -> dict[str, object]:
     """`changes` (lower-case field name -> value) checked and normalised.
 
-    All or nothing: the first bad key or value raises `Refused` (BAD_VALUE).
+    All or nothing: the first bad key or value raises `Refused` (BAD_VALUE), whose
+    detail starts with the PV name `pv` when given.
     """
+    head = f"{pv}: " if pv else ""
     if not isinstance(changes, dict):
-        raise Refused(Reason.BAD_VALUE, f"'meta' must be a map, not {type(changes).__name__}")
+        raise Refused(Reason.BAD_VALUE,
+                      f"{head}'meta' must be a map, not {type(changes).__name__}")
     checked = {}
     for key, value in changes.items():
         if not isinstance(key, str) or key not in META_KEYS:
             raise Refused(
                 Reason.BAD_VALUE,
-                f"unknown attribute {key!r} (attributes are {', '.join(sorted(META_KEYS))})",
+                f"{head}unknown attribute {key!r} "
+                f"(attributes are {', '.join(sorted(META_KEYS))})",
             )
-        checked[key] = FIELDS[key.upper()].check(key, value)  # type: ignore[misc]
+        try:
+            checked[key] = FIELDS[key.upper()].check(key, value)  # type: ignore[misc]
+        except Refused as refused:
+            raise Refused(refused.reason, head + refused.detail) from None
     return checked
 
 

@@ -49,10 +49,11 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 # makes the relay drop the connection, losing the message, so the client checks first.
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 
-# The EPICS epoch, 1990-01-01 UTC, in POSIX seconds, and the last second an EPICS time
-# stamp (unsigned 32-bit seconds since that epoch) can hold, in 2126.
+# The EPICS epoch, 1990-01-01 UTC, in POSIX seconds, and the last second the CA server
+# library can carry: an EPICS time stamp would reach 2126, but pcas passes it on as
+# unsigned 32-bit POSIX seconds, which end on 2106-02-07 06:28:15 UTC.
 EPICS_EPOCH = 631_152_000
-TS_MAX = EPICS_EPOCH + 2**32 - 1
+TS_MAX = 2**32 - 1
 
 PUT = "put"
 DELETE = "delete"
@@ -256,7 +257,8 @@ def ts_problem(ts: object) -> str | None:
     """Why `ts` is not a usable source time stamp, or None if it is.
 
     A time stamp is POSIX seconds, an int or a float, finite, and within what an EPICS
-    time stamp holds: from 1990-01-01 (631152000) to 2126-02-07 (4926119295).
+    time stamp holds as it travels through the CA server library: from 1990-01-01
+    (631152000) to 2106-02-07 06:28:15 UTC (4294967295).
     """
     if type(ts) not in (int, float):
         return f"'ts' is a {_type_name(ts)}, not a number of POSIX seconds"
@@ -265,7 +267,7 @@ def ts_problem(ts: object) -> str | None:
     if ts < EPICS_EPOCH:
         return f"'ts' {ts!r} is before the EPICS epoch 1990-01-01 ({EPICS_EPOCH})"
     if ts > TS_MAX:
-        return f"'ts' {ts!r} is after the last EPICS time stamp in 2126 ({TS_MAX})"
+        return f"'ts' {ts!r} is after the last time stamp CA can carry, in 2106 ({TS_MAX})"
     return None
 
 

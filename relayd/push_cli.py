@@ -17,7 +17,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 from relayd import protocol
 from relayd.client import Client, RelayError
 from relayd.errors import Refused
-from relayd.meta import FIELDS, META_KEYS
+from relayd.meta import FIELDS, META_KEYS, check_changes
 from relayd.names import Grammar, Kind, NameLimits, PVSpec
 
 PROG = "relay-push"
@@ -193,6 +193,10 @@ def parse_meta(items: list[str]) -> dict | None:
             raise UsageError(f"--meta {item!r}: expected FIELD=VALUE with FIELD one of "
                              f"{', '.join(sorted(META_KEYS))}")
         meta[key] = _meta_value(field.ca_type, text, item)
+    try:
+        check_changes(meta)  # the relay's own rules: a typo is caught before sending
+    except Refused as refused:
+        raise UsageError(f"--meta: {refused.detail}") from None
     return meta
 
 

@@ -98,7 +98,8 @@ class PVState:
             self.stale = False
         if not self.defined or self.stale:
             return False
-        self.lalm = math.nan
+        # LALM is kept, as a record keeps it: an alarm held by hysteresis stays held
+        # unless the limit it was raised at changed.
         return self._set_alarm(self.alarm_value())
 
     def field(self, name: str) -> object:

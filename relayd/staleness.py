@@ -26,22 +26,35 @@ class StaleWatch:
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, PVState]] = []
         self._order = itertools.count()  # ties never compare states
-        self._watched: set[PVState] = set()
+        # The deadline of each watched state's one live heap entry; an entry whose
+        # deadline is not this one was superseded (TMO lowered) or forgotten.
+        self._deadline: dict[PVState, float] = {}
 
     def __len__(self) -> int:
-        return len(self._watched)
+        return len(self._deadline)
+
+    def _push(self, state: PVState, deadline: float) -> None:
+        self._deadline[state] = deadline
+        heapq.heappush(self._heap, (deadline, next(self._order), state))
 
     def watch(self, state: PVState, now: float) -> None:
-        """Start watching `state` if its TMO is set (idempotent)."""
-        if state.meta.tmo <= 0 or state in self._watched:
+        """Watch `state` if its TMO is set; call after each put and each TMO change.
+
+        Cheap when nothing changes: a later deadline is left to the entry already in
+        the heap, which re-checks when it comes up. Only an earlier one (TMO lowered)
+        needs a new entry.
+        """
+        tmo = state.meta.tmo
+        if tmo <= 0:
             return
-        self._watched.add(state)
-        heapq.heappush(self._heap, (max(now, state.updated) + state.meta.tmo,
-                                    next(self._order), state))
+        due = max(now, state.updated) + tmo
+        current = self._deadline.get(state)
+        if current is None or due < current:
+            self._push(state, due)
 
     def forget(self, state: PVState) -> None:
         """Stop watching (its entry is dropped when it comes up)."""
-        self._watched.discard(state)
+        self._deadline.pop(state, None)
 
     def next_deadline(self) -> float | None:
         return self._heap[0][0] if self._heap else None
@@ -51,18 +64,18 @@ class StaleWatch:
         stale = []
         heap = self._heap
         while heap and heap[0][0] <= now:
-            _, _, state = heapq.heappop(heap)
-            if state not in self._watched:
+            deadline, _, state = heapq.heappop(heap)
+            if self._deadline.get(state) != deadline:
                 continue
             tmo = state.meta.tmo
             if tmo <= 0:
-                self._watched.discard(state)
+                del self._deadline[state]
                 continue
             due = state.updated + tmo
             if due > now:
-                heapq.heappush(heap, (due, next(self._order), state))
+                self._push(state, due)
                 continue
             if state.go_stale():
                 stale.append(state)
-            heapq.heappush(heap, (now + tmo, next(self._order), state))
+            self._push(state, now + tmo)
         return stale

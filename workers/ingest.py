@@ -98,7 +98,7 @@ class Ingest:
         spec, convert = known
         if update.op == "delete":
             return (DELETE, spec.name, None, 0, None)
-        meta = check_changes(update.meta) if update.meta is not None else None
+        meta = check_changes(update.meta, spec.name) if update.meta is not None else None
         if update.value is NO_VALUE:
             return (META, spec.name, None, 0, meta)
         stored = convert(spec, update.value)
