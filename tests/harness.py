@@ -116,6 +116,8 @@ class RelayProcess:
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     zmq_port: int = field(default_factory=lambda: free_port((socket.SOCK_STREAM,)))
+    log_offset: int = 0  # where the log of the latest start begins
+    own_autosave: bool = True  # False: relayd's default autosave path, as in production
 
     @property
     def endpoint(self) -> str:
@@ -134,7 +136,7 @@ class RelayProcess:
     def command(self) -> list[str]:
         zmq = [] if "--zmq-bind" in self.args else ["--zmq-bind", self.endpoint]
         autosave = ([] if {"--autosave", "--no-autosave"} & set(self.args)
-                    else ["--autosave", str(self.autosave_path)])
+                    or not self.own_autosave else ["--autosave", str(self.autosave_path)])
         return [sys.executable, "-m", "relayd", "--prefix", self.prefix, *zmq, *autosave,
                 *self.args]
 
@@ -149,6 +151,7 @@ class RelayProcess:
     def start(self, wait: bool = True) -> "RelayProcess":
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
+        self.log_offset = log.tell()
         self.process = subprocess.Popen(
             self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.environment(),
             cwd=self.workdir,
@@ -164,6 +167,15 @@ class RelayProcess:
         except FileNotFoundError:
             return ""
 
+    def log_since_start(self) -> str:
+        """The log of the latest start only (a restarted relay appends to its log)."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self.log_offset)
+                return log.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
     def wait_log(self, text: str, timeout: float = DEFAULT_TIMEOUT) -> str:
         return wait_for(lambda: text in self.log_text() and self.log_text(), timeout,
                         what=f"{text!r} in the log of relayd {self.prefix}")
@@ -174,7 +186,7 @@ class RelayProcess:
                 raise RuntimeError(
                     f"relayd exited with {self.process.returncode}:\n{self.log_text()}"
                 )
-            text = self.log_text()
+            text = self.log_since_start()
             return "ca-server ready" in text and "ingest ready" in text
 
         deadline = time.monotonic() + timeout
@@ -219,6 +231,31 @@ class RelayProcess:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
         raise RuntimeError("no VmRSS")
+
+    def restart(self, wait: bool = True) -> "RelayProcess":
+        """Stop cleanly (SIGTERM, exit code 0), then start again: same prefix, ports,
+        options and autosave file."""
+        code = self.stop()
+        assert code == 0, f"relayd exited with {code}:\n{self.log_text()}"
+        return self.start(wait=wait)
+
+    def kill_all(self, children: dict[str, int] | None = None) -> None:
+        """SIGKILL the whole daemon at once, CA server first: as ``kill -9`` of its
+        process group (supervisord's killasgroup) would, without leaving time for a
+        clean stop in between. `children` are `child_pids()`, if already known."""
+        assert self.process is not None
+        children = children or self.child_pids()
+        for pid in (children.get("ca-server"), self.pid, children.get("ingest")):
+            if pid is not None:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.process.wait(10)
+        for pid in children.values():  # reaped by init once their parent has gone
+            wait_for(lambda: not Path(f"/proc/{pid}").exists() or
+                     Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
+                     what=f"relayd child {pid} gone")
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM and wait; return the exit code (SIGKILL if it does not stop)."""
@@ -519,6 +556,11 @@ class CaprotoClient:
         self._pvs.clear()
         old, self.context = self.context, type(self.context)()
         old.disconnect()
+
+    def forget_all(self) -> None:
+        """Drop every channel this client made (a new context): the next uses search
+        afresh instead of waiting for the client's own reconnection after a restart."""
+        self.forget("")
 
 
 def _copy(value: Any) -> Any:

@@ -704,7 +704,7 @@ def test_ca_process_killed_is_restarted_and_pyepics_reconnects(pyepics_client, s
     relay.wait_log("ca-server ready (pid %d)" % new["ca-server"])
     wait_status(pyepics_client, relay, "restarts:ca", 1)
     assert status(pyepics_client, relay, "restarts:ingest") == 0
-    # No autosave yet: the new CA process starts empty; a push creates the PV again.
+    # The new CA process restored the PV from autosave; a push updates it.
     push(relay, f"with Client(endpoint) as r: r.put({pv!r}, 2.0)")
     wait_listed(pyepics_client, relay, pv)
     monitor.wait_value(lambda v: v == 2.0, timeout=20)

@@ -188,7 +188,8 @@ def write_config(workdir: Path, socket_dir: Path, prefix: str, endpoint: str,
     conf["supervisord"]["pidfile"] = str(workdir / "supervisord.pid")
     conf["supervisord"]["childlogdir"] = str(workdir)
     program = conf["program:relayd"]
-    program["command"] = f"{sys.executable} -m relayd --prefix {prefix} --zmq-bind {endpoint}"
+    program["command"] = (f"{sys.executable} -m relayd --prefix {prefix} --zmq-bind {endpoint} "
+                          f"--autosave {workdir / 'autosave.sqlite'}")  # not ~/.local/state
     program["stdout_logfile"] = str(workdir / "relayd.log")
     env = {k: v for k, v in os.environ.items()
            if k.startswith("EPICS_") and k != "EPICS_CA_MAX_ARRAY_BYTES"}

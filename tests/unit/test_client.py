@@ -150,6 +150,50 @@ def test_bad_update_raises_at_its_line(client: Client) -> None:
         batch.put("a_f1", 1, ts=float("nan"))
 
 
+def test_put_with_meta(sink: Sink, client: Client) -> None:
+    meta = {"egu": "K", "prec": 2, "hihi": 300.0, "hhsv": "MAJOR", "low": None, "tmo": 10}
+    client.put("temp_f1", 21.5, ts=TS, meta=meta)
+    assert sink.updates() == [Update("temp_f1", "put", 21.5, TS, 0, meta)]
+
+
+def test_set_meta_sends_attributes_alone(sink: Sink, client: Client) -> None:
+    client.set_meta("relay:temp_f1", egu="K", hihi=300, hhsv="MAJOR")
+    [update] = sink.updates()
+    assert update == Update("relay:temp_f1", "put", protocol.NO_VALUE, None, 0,
+                            {"egu": "K", "hihi": 300, "hhsv": "MAJOR"})
+
+
+def test_set_meta_none_unsets(sink: Sink, client: Client) -> None:
+    client.set_meta("temp_f1", hihi=None)
+    assert sink.updates()[0].meta == {"hihi": None}
+
+
+def test_batch_with_meta(sink: Sink, client: Client) -> None:
+    with client.batch() as batch:
+        batch.put("a_f1", 1.0, meta={"egu": "V"}, ts=TS)
+        batch.set_meta("b_f1", desc="second", tmo=5)
+        batch.put("c_f1", 3.0)
+        assert len(batch) == 3
+    decoded = sink.receive()
+    assert decoded.batch is True
+    assert decoded.updates == [
+        Update("a_f1", "put", 1.0, TS, 0, {"egu": "V"}),
+        Update("b_f1", "put", protocol.NO_VALUE, None, 1, {"desc": "second", "tmo": 5}),
+        Update("c_f1", "put", 3.0, None, 2),
+    ]
+
+
+def test_bad_meta_raises_at_its_line(client: Client) -> None:
+    with pytest.raises(TypeError, match="meta must be a dict"):
+        client.put("a_f1", 1.0, meta=[("egu", "V")])  # type: ignore[arg-type]
+    with client.batch() as batch, pytest.raises(TypeError, match="meta must be a dict"):
+        batch.put("a_f1", 1.0, meta="egu=V")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs a value, a meta dict, or both"):
+        client.put("a_f1", None)
+    with pytest.raises(TypeError, match="cannot send a object"):
+        client.set_meta("a_f1", egu=object())
+
+
 def test_numpy_arrays_arrive_packed_and_exact(sink: Sink, client: Client) -> None:
     sent = {
         "a_f3": np.array([1.5, -np.inf, 1e-300]),

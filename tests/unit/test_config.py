@@ -180,3 +180,12 @@ def test_replace() -> None:
     changed = config.replace(base, prefix="other", max_pvs=3)
     assert changed == dataclasses.replace(base, prefix="other", max_pvs=3)
     assert base.prefix == "relay"
+
+
+def test_stale_timeout(tmp_path: Path) -> None:
+    assert Config().stale_timeout == 0.0  # off by default
+    assert config.parse(["--stale-timeout", "0.5"]).stale_timeout == 0.5
+    assert config.parse(["--config", write(tmp_path, "stale_timeout = 2\n")]).stale_timeout == 2
+    assert Config.from_json(Config(stale_timeout=1.5).to_json()).stale_timeout == 1.5
+    with pytest.raises(ValueError, match="stale_timeout must be >= 0"):
+        Config(stale_timeout=-1.0)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from relayd.errors import Reason
 from relayd.names import Grammar, NameLimits
-from relayd.pipe import DELETE, PUT, Forward, decode_forward, encode_forward
+from relayd.pipe import DELETE, META, PUT, Forward, decode_forward, encode_forward
 from relayd.protocol import dumps, encode_update
 from relayd.relay import Stats
 from relayd.values import convert
@@ -71,8 +71,8 @@ def test_accepted_update_becomes_put_op(name: str, raw: object) -> None:
     message = dumps(encode_update(name, raw, ts=TS))
     ops = ingest.handle(message, ARRIVAL)
     assert len(ops) == 1
-    op, full, stored, ts_ns = ops[0]
-    assert (op, full, ts_ns) == (PUT, f"{PREFIX}:{name}", 1_700_000_000_123_456_000)
+    op, full, stored, ts_ns, meta = ops[0]
+    assert (op, full, ts_ns, meta) == (PUT, f"{PREFIX}:{name}", 1_700_000_000_123_456_000, None)
     # The value is what convert makes of the value as it came off the wire.
     decoded_raw = msgpack.unpackb(message, raw=False)["value"]
     if isinstance(decoded_raw, dict):
@@ -109,12 +109,12 @@ def test_ops_travel_through_the_pipe() -> None:
 @pytest.mark.parametrize("name", ["x_f1", f"{PREFIX}:x_f1"])
 def test_names_with_and_without_prefix_qualify(name: str) -> None:
     ops = make().handle(dumps(encode_update(name, 1.0)), ARRIVAL)
-    assert ops == [(PUT, f"{PREFIX}:x_f1", 1.0, ARRIVAL)]
+    assert ops == [(PUT, f"{PREFIX}:x_f1", 1.0, ARRIVAL, None)]
 
 
 def test_name_with_colons_is_qualified_under_our_prefix() -> None:
     ops = make().handle(dumps(encode_update("other:x_f1", 1.0)), ARRIVAL)
-    assert ops == [(PUT, f"{PREFIX}:other:x_f1", 1.0, ARRIVAL)]
+    assert ops == [(PUT, f"{PREFIX}:other:x_f1", 1.0, ARRIVAL, None)]
 
 
 @pytest.mark.parametrize("ts, ts_ns", [
@@ -143,9 +143,9 @@ def test_delete_ops() -> None:
     batch = [encode_update("x_f1", op="delete"), encode_update(f"{PREFIX}:y_C10", op="delete"),
              {"pv": "z_i1", "op": "delete", "ts": TS}]
     assert ingest.handle(dumps(batch), ARRIVAL) == [
-        (DELETE, f"{PREFIX}:x_f1", None, 0),
-        (DELETE, f"{PREFIX}:y_C10", None, 0),
-        (DELETE, f"{PREFIX}:z_i1", None, 0),
+        (DELETE, f"{PREFIX}:x_f1", None, 0, None),
+        (DELETE, f"{PREFIX}:y_C10", None, 0, None),
+        (DELETE, f"{PREFIX}:z_i1", None, 0, None),
     ]
 
 
@@ -156,6 +156,79 @@ def test_counters_of_good_messages() -> None:
     ingest.handle(dumps([]), ARRIVAL)
     assert ingest.take_counters() == {"messages": 3, "updates": 3}
     assert ingest.take_counters() == {}
+
+
+# --- meta --------------------------------------------------------------------------------------
+
+
+def test_meta_with_a_value_is_checked_and_travels_with_the_put() -> None:
+    ops = make().handle(dumps(encode_update("x_f1", 1.5, ts=TS, meta={
+        "egu": "K", "hihi": 300, "hhsv": "invalid", "low": None, "prec": 2.0})), ARRIVAL)
+    assert ops == [(PUT, f"{PREFIX}:x_f1", 1.5, 1_700_000_000_123_456_000,
+                    {"egu": "K", "hihi": 300.0, "hhsv": 3, "low": None, "prec": 2})]
+
+
+def test_meta_alone_is_a_meta_op() -> None:
+    ops = make().handle(dumps(encode_update("x_f1", meta={"egu": "K", "tmo": 5}, ts=TS)),
+                        ARRIVAL)
+    assert ops == [(META, f"{PREFIX}:x_f1", None, 0, {"egu": "K", "tmo": 5.0})]
+
+
+def test_meta_names_are_checked_like_any_name() -> None:
+    ingest = make()
+    batch = [encode_update("nope", meta={"egu": "K"}), encode_update("x_f9999", meta={}),
+             encode_update(f"{PREFIX}:y_i1", meta={"hopr": 1})]
+    assert ingest.handle(dumps(batch), ARRIVAL) == [(META, f"{PREFIX}:y_i1", None, 0,
+                                                     {"hopr": 1.0})]
+    assert ingest.take_counters()["refused"] == {"badName": 1, "countLimit": 1}
+
+
+@pytest.mark.parametrize("meta, detail", [
+    ({"bogus": 1}, "unknown attribute 'bogus'"),
+    ({"EGU": "K"}, "unknown attribute 'EGU'"),
+    ({"egu": 5}, "EGU: 5 is not text"),
+    ({"egu": "x" * 40}, "EGU: longer than 39 bytes"),
+    ({"hihi": "high"}, "HIHI: 'high' is not a number"),
+    ({"hopr": None}, "HOPR: None is not a number"),
+    ({"prec": 18}, "PREC: 18 is outside 0..17"),
+    ({"hhsv": "LOUD"}, "HHSV: 'LOUD' is not one of"),
+    ({"tmo": -1}, "TMO: -1 is negative"),
+    ({"egu": "K", "hyst": "wide"}, "HYST: 'wide' is not a number"),  # all or nothing
+])
+@pytest.mark.parametrize("with_value", [True, False])
+def test_refused_meta_is_bad_value_and_sends_nothing(meta: dict, detail: str,
+                                                     with_value: bool) -> None:
+    ingest = make()
+    update = encode_update("x_f1", 1.0 if with_value else None, meta=meta)
+    assert ingest.handle(dumps(update), ARRIVAL) == []
+    counters = ingest.take_counters()
+    assert counters["refused"] == {"badValue": 1}
+    assert counters["last_refusal"].startswith("ZMQ update: badValue: ")
+    assert detail in counters["last_refusal"]
+
+
+def test_refused_meta_in_a_batch_keeps_the_rest() -> None:
+    ingest = make()
+    batch = [encode_update("a_f1", 1.0, meta={"egu": "V"}),
+             encode_update("b_f1", 2.0, meta={"egu": 5}),      # the value goes with it
+             encode_update("c_f1", meta={"unit": "V"}),
+             encode_update("d_f1", 4.0)]
+    ops = ingest.handle(dumps(batch), ARRIVAL)
+    assert ops == [(PUT, f"{PREFIX}:a_f1", 1.0, ARRIVAL, {"egu": "V"}),
+                   (PUT, f"{PREFIX}:d_f1", 4.0, ARRIVAL, None)]
+    counters = ingest.take_counters()
+    assert counters["refused"] == {"badValue": 2}
+    assert counters["last_refusal"].startswith("ZMQ update: badValue: update #2: ")
+
+
+def test_meta_ops_travel_through_the_pipe() -> None:
+    ingest = make()
+    batch = [encode_update("a_f1", 1.5, meta={"egu": "V", "hihi": None}),
+             encode_update("a_f1", meta={"hhsv": "MINOR", "desc": "é"}),
+             encode_update("a_f1", op="delete")]
+    ops = ingest.handle(dumps(batch), ARRIVAL)
+    back = decode_forward(encode_forward(Forward(1, 2, [ops], {})))
+    assert [tuple(op) for op in back.batches[0]] == ops
 
 
 # --- refusals --------------------------------------------------------------------------------
@@ -220,9 +293,9 @@ def test_one_bad_update_keeps_the_good_ones() -> None:
              {"pv": "b_f1", "value": 3.0, "bogus": 1}, encode_update("c_i1", 4.7),
              encode_update("d_f2", [1, 2, 3]), encode_update("e_f1", op="delete")]
     assert ingest.handle(dumps(batch), ARRIVAL) == [
-        (PUT, f"{PREFIX}:a_f1", 1.0, ARRIVAL),
-        (PUT, f"{PREFIX}:c_i1", 4, ARRIVAL),
-        (DELETE, f"{PREFIX}:e_f1", None, 0),
+        (PUT, f"{PREFIX}:a_f1", 1.0, ARRIVAL, None),
+        (PUT, f"{PREFIX}:c_i1", 4, ARRIVAL, None),
+        (DELETE, f"{PREFIX}:e_f1", None, 0, None),
     ]
     counters = ingest.take_counters()
     assert counters["messages"] == 1 and counters["updates"] == 6

@@ -126,7 +126,7 @@ def test_one_bad_update_keeps_the_good_ones() -> None:
     ]))
     assert [(u.pv, u.index) for u in decoded.updates] == [("a_f1", 0), ("c_f1", 3)]
     assert [r.detail for r in decoded.refused] == [
-        "update #1: unknown key 'valeu' (keys are pv, op, value, ts, v)",
+        "update #1: unknown key 'valeu' (keys are pv, op, value, ts, meta, v)",
         "update #2: a msgpack int where a map was expected",
         "update #4: no 'pv'",
     ]
@@ -146,6 +146,81 @@ def test_decode_accepts_buffers() -> None:
     ]
 
 
+# --- meta -----------------------------------------------------------------------------------
+
+
+META = {"egu": "K", "prec": 2, "hihi": 300.0, "hhsv": "MAJOR", "low": None, "tmo": 10}
+
+
+def test_put_with_meta() -> None:
+    update = one({"pv": "temp_f1", "value": 21.5, "meta": META, "ts": TS})
+    assert update == Update("temp_f1", "put", 21.5, TS, 0, META)
+
+
+def test_meta_alone() -> None:
+    update = one({"pv": "temp_f1", "meta": {"egu": "K"}})
+    assert update == Update("temp_f1", "put", protocol.NO_VALUE, None, 0, {"egu": "K"})
+    assert update.value is protocol.NO_VALUE
+    assert repr(protocol.NO_VALUE) == "NO_VALUE"
+    assert one({"pv": "temp_f1", "op": "put", "meta": {}}).meta == {}
+
+
+def test_meta_alone_keeps_its_ts() -> None:
+    assert one({"pv": "temp_f1", "meta": {"egu": "K"}, "ts": TS}).ts == TS
+
+
+def test_nil_meta_is_no_meta() -> None:
+    assert one({"pv": "temp_f1", "value": 1, "meta": None}) == Update("temp_f1", "put", 1,
+                                                                      None, 0)
+    assert one({"pv": "x_f1", "op": "delete", "meta": None}) == Update("x_f1", "delete", None,
+                                                                       None, 0)
+
+
+def test_decode_leaves_meta_contents_to_the_relay() -> None:
+    """decode checks structure only; keys and values of the map are the relay's business."""
+    odd = {"bogus": [1, 2], "egu": 5, "hihi": "high", "EGU": None}
+    assert one({"pv": "x_f1", "meta": odd}).meta == odd
+
+
+def test_meta_in_a_batch() -> None:
+    decoded = decode(dumps([{"pv": "a_f1", "value": 1.0, "meta": {"egu": "V"}},
+                            {"pv": "a_f1", "meta": {"hihi": 5}},
+                            {"pv": "b_f1", "meta": 7}]))
+    assert decoded.updates == [Update("a_f1", "put", 1.0, None, 0, {"egu": "V"}),
+                               Update("a_f1", "put", protocol.NO_VALUE, None, 1, {"hihi": 5})]
+    assert [r.detail for r in decoded.refused] == [
+        "update #2: 'meta' is a msgpack int, not a map"]
+
+
+def test_encode_meta_with_a_value_and_alone() -> None:
+    assert encode_update("x_f1", 1.5, meta={"egu": "mm"}) == {
+        "pv": "x_f1", "value": 1.5, "meta": {"egu": "mm"}}
+    assert encode_update("x_f1", meta={"egu": "mm"}, ts=TS) == {
+        "pv": "x_f1", "meta": {"egu": "mm"}, "ts": TS}
+    assert encode_update("x_f1", meta={}) == {"pv": "x_f1", "meta": {}}
+    assert one(encode_update("x_f1", 1.5, meta=META)).meta == META
+    assert one(encode_update("x_f1", meta=META)).value is protocol.NO_VALUE
+
+
+def test_encode_meta_numpy_numbers_travel_as_plain_numbers() -> None:
+    meta = one(encode_update("x_f1", meta={"hihi": np.float32(2.5), "prec": np.int64(3)})).meta
+    assert meta == {"hihi": 2.5, "prec": 3}
+    assert type(meta["hihi"]) is float and type(meta["prec"]) is int
+
+
+@pytest.mark.parametrize("kwargs, error, text", [
+    ({"pv": "x_f1", "meta": [("egu", "mm")]}, TypeError, "meta must be a dict, not list"),
+    ({"pv": "x_f1", "value": 1, "meta": "egu=mm"}, TypeError, "meta must be a dict, not str"),
+    ({"pv": "x_f1", "op": "delete", "meta": {"egu": "mm"}}, ValueError,
+     "a delete carries no meta"),
+    ({"pv": "x_f1", "value": None, "meta": None}, ValueError,
+     "a put to 'x_f1' needs a value, a meta dict, or both"),
+])
+def test_encode_meta_errors(kwargs: dict, error: type, text: str) -> None:
+    with pytest.raises(error, match=text):
+        encode_update(**kwargs)
+
+
 # --- refused updates ----------------------------------------------------------------------
 
 
@@ -157,19 +232,22 @@ def test_decode_accepts_buffers() -> None:
         ({"pv": None, "value": 1}, "'pv' is a nil, not a str"),
         ({"pv": b"x_f1", "value": 1}, "'pv' is a bin, not a str"),
         ({"pv": "x_f1", "value": 1, "valeu": 2},
-         "unknown key 'valeu' (keys are pv, op, value, ts, v)"),
+         "unknown key 'valeu' (keys are pv, op, value, ts, meta, v)"),
         ({"pv": "x_f1", "value": 1, "b": 2, "a": 3},
-         "unknown keys 'a', 'b' (keys are pv, op, value, ts, v)"),
-        ({b"pv": "x_f1", "value": 1}, "unknown key b'pv' (keys are pv, op, value, ts, v)"),
-        ({"pv": "x_f1", "value": 1, "meta": {"egu": "K"}},
-         "'meta' is not supported by this relay yet"),
-        ({"pv": "x_f1", "op": "delete", "meta": None}, "'meta' is not supported by this relay yet"),
+         "unknown keys 'a', 'b' (keys are pv, op, value, ts, meta, v)"),
+        ({b"pv": "x_f1", "value": 1}, "unknown key b'pv' (keys are pv, op, value, ts, meta, v)"),
+        ({"pv": "x_f1", "op": "delete", "meta": {"egu": "K"}}, "a delete carries no 'meta'"),
+        ({"pv": "x_f1", "value": 1, "meta": 5}, "'meta' is a msgpack int, not a map"),
+        ({"pv": "x_f1", "value": 1, "meta": [["egu", "K"]]},
+         "'meta' is a msgpack array, not a map"),
+        ({"pv": "x_f1", "meta": "egu=K"}, "'meta' is a msgpack str, not a map"),
         ({"pv": "x_f1", "op": "DELETE"}, "'op' 'DELETE' is not 'put' or 'delete'"),
         ({"pv": "x_f1", "op": "get"}, "'op' 'get' is not 'put' or 'delete'"),
         ({"pv": "x_f1", "op": 1, "value": 1}, "'op' 1 is not 'put' or 'delete'"),
         ({"pv": "x_f1", "op": ["put"], "value": 1}, "'op' ['put'] is not 'put' or 'delete'"),
-        ({"pv": "x_f1"}, "a put needs a 'value'"),
-        ({"pv": "x_f1", "op": "put"}, "a put needs a 'value'"),
+        ({"pv": "x_f1"}, "a put needs a 'value', a 'meta' map, or both"),
+        ({"pv": "x_f1", "op": "put"}, "a put needs a 'value', a 'meta' map, or both"),
+        ({"pv": "x_f1", "meta": None}, "a put needs a 'value', a 'meta' map, or both"),
         ({"pv": "x_f1", "op": "delete", "value": 1}, "a delete carries no 'value'"),
         ({"pv": "x_f1", "value": 1, "v": 2},
          "protocol version 2 is not supported (this relay speaks version 1)"),
@@ -590,3 +668,20 @@ shallow = junk_leaves | st.lists(junk_leaves, max_size=3) | st.dictionaries(keys
 @given(st.lists(st.dictionaries(keys, shallow, max_size=6), max_size=5))
 def test_random_update_maps_only_ever_refused(batch: list) -> None:
     _decode_or_refuse(dumps(batch))
+
+
+meta_maps = st.dictionaries(
+    st.text(max_size=6),
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    max_size=6,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(names, scalars | st.none(), meta_maps, timestamps)
+def test_meta_round_trip(pv: str, value: object, meta: dict, ts: object) -> None:
+    update = one(encode_update(pv, value, meta=meta, ts=ts))
+    assert (update.pv, update.op, update.meta) == (pv, "put", meta)
+    assert update.ts == (None if ts is None else float(ts))
+    assert update.value == (protocol.NO_VALUE if value is None else value)

@@ -201,6 +201,69 @@ def test_lines_are_sent_as_they_come(sink: Sink) -> None:
     assert codes == [0]
 
 
+def test_meta_with_a_value(sink: Sink) -> None:
+    ok("--meta", "egu=K", "--meta", "hihi=300", "--meta", "hhsv=MAJOR", "--ts", str(TS),
+       sink.endpoint, "temp_f1", "21.5")
+    assert sink.updates() == [Update("temp_f1", "put", 21.5, TS, 0,
+                                     {"egu": "K", "hihi": 300.0, "hhsv": "MAJOR"})]
+
+
+def test_meta_alone(sink: Sink) -> None:
+    ok("--meta", "desc=cold head", sink.endpoint, "relay:temp_f1")
+    assert sink.updates() == [Update("relay:temp_f1", "put", protocol.NO_VALUE, None, 0,
+                                     {"desc": "cold head"})]
+
+
+@pytest.mark.parametrize("item, key, value", [
+    ("egu=K", "egu", "K"),
+    ("egu=deg C", "egu", "deg C"),
+    ("egu=", "egu", ""),
+    ("desc=a=b", "desc", "a=b"),           # split at the first '='
+    ("EGU=mm", "egu", "mm"),                # field names in either case
+    ("prec=3", "prec", 3),
+    ("hopr=1e3", "hopr", 1000.0),
+    ("lopr=-5", "lopr", -5.0),
+    ("drvh=7", "drvh", 7.0),
+    ("drvl=-7.5", "drvl", -7.5),
+    ("hihi=300", "hihi", 300.0),
+    ("high=0.5", "high", 0.5),
+    ("low=-1", "low", -1.0),
+    ("lolo=none", "lolo", None),            # unsets a limit
+    ("hihi=None", "hihi", None),
+    ("hihi=nan", "hihi", None),
+    ("hihi=null", "hihi", None),
+    ("hhsv=MAJOR", "hhsv", "MAJOR"),
+    ("hsv=minor", "hsv", "minor"),          # the relay takes names in any case
+    ("lsv=0", "lsv", 0),
+    ("llsv=3", "llsv", 3),
+    ("hyst=0.25", "hyst", 0.25),
+    ("tmo=10", "tmo", 10.0),
+])
+def test_meta_values_are_typed_by_the_field(sink: Sink, item: str, key: str,
+                                            value: object) -> None:
+    ok("--meta", item, sink.endpoint, "temp_f1")
+    [update] = sink.updates()
+    assert update.meta == {key: value}
+    assert type(update.meta[key]) is type(value)
+    assert push_cli.parse_meta([item]) == {key: value}
+
+
+def test_meta_values_are_left_for_the_relay_to_check(sink: Sink) -> None:
+    """Only the type is read here; names, ranges and lengths are the relay's to refuse."""
+    ok("--meta", "hhsv=LOUD", "--meta", "prec=99", "--meta", "egu=" + "x" * 50,
+       sink.endpoint, "temp_f1")
+    assert sink.updates()[0].meta == {"hhsv": "LOUD", "prec": 99, "egu": "x" * 50}
+
+
+def test_parse_meta_of_nothing() -> None:
+    assert push_cli.parse_meta([]) is None
+
+
+def test_the_last_of_a_repeated_field_wins(sink: Sink) -> None:
+    ok("--meta", "egu=mm", "--meta", "egu=cm", sink.endpoint, "temp_f1", "1")
+    assert sink.updates()[0].meta == {"egu": "cm"}
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -226,6 +289,20 @@ def test_lines_are_sent_as_they_come(sink: Sink) -> None:
         (["--ts", "100", "temp_f1", "1"], "--ts: 'ts' 100.0 is before the EPICS epoch"),
         (["--ts", "nan", "temp_f1", "1"], "--ts: 'ts' nan is not finite"),
         (["--timeout", "-1", "temp_f1", "1"], "--timeout must be >= 0"),
+        (["--meta", "units=K", "temp_f1", "1"], "--meta 'units=K': expected FIELD=VALUE with "
+         "FIELD one of desc, drvh, drvl, egu, hhsv, high, hihi, hopr, hsv, hyst, llsv, lolo, "
+         "lopr, low, lsv, prec, tmo"),
+        (["--meta", "egu", "temp_f1"], "--meta 'egu': expected FIELD=VALUE"),
+        (["--meta", "nelm=5", "temp_f1"], "--meta 'nelm=5': expected FIELD=VALUE"),
+        (["--meta", "sevr=MAJOR", "temp_f1"], "--meta 'sevr=MAJOR': expected FIELD=VALUE"),
+        (["--meta", "hihi=high", "temp_f1"], "--meta 'hihi=high': 'high' is not a number"),
+        (["--meta", "prec=2.5", "temp_f1"], "--meta 'prec=2.5': '2.5' is not a number"),
+        (["--meta", "tmo=soon", "temp_f1", "1"], "--meta 'tmo=soon': 'soon' is not a number"),
+        (["--meta", "egu=K", "--delete", "temp_f1"], "--meta does not go with --delete"),
+        (["--meta", "egu=K", "--lines", "log_C100"], "--meta does not go with --lines"),
+        (["--meta", "egu=K", "--ts", "1700000000", "temp_f1"],
+         "--ts applies to a put of a value"),
+        (["--meta", "egu=K", "temp_f1", "abc"], "'abc' is not a float"),
     ],
 )
 def test_usage_errors_send_nothing(sink: Sink, args: list[str], message: str) -> None:
@@ -233,7 +310,7 @@ def test_usage_errors_send_nothing(sink: Sink, args: list[str], message: str) ->
     rest = list(args)
     while rest and rest[0].startswith("--"):
         head.append(rest.pop(0))
-        if head[-1] in ("--ts", "--timeout"):
+        if head[-1] in ("--ts", "--timeout", "--meta"):
             head.append(rest.pop(0))
     result = relay_push(*head, sink.endpoint, *rest, stdin=b"line\n")
     assert result.returncode == 2
@@ -279,7 +356,8 @@ def test_help_documents_everything() -> None:
     result = relay_push("--help")
     assert result.returncode == 0
     text = result.stdout.decode()
-    for word in ("--delete", "--lines", "--timeout", "--ts", "exit status", "examples:",
+    for word in ("--delete", "--lines", "--timeout", "--ts", "--meta", "FIELD=VALUE",
+                 "hihi=none", "exit status", "examples:",
                  "0x1f", "fit_results_f4 23.0,0.1", "build_log_C20000"):
         assert word in text, word
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from relayd import alarm
+from relayd.meta import DEFAULT_META, FIELDS, Meta
 from relayd.names import Grammar, PVSpec
 from relayd.pvstate import BufferState, PVState, new_state
 from relayd.values import convert
@@ -221,3 +225,211 @@ def test_char_buffer_with_room_left() -> None:
     assert state.served() == b"abc"
     put(state, "d")
     assert state.served() == b"bcd"
+
+
+# --- attributes, alarms, staleness and fields ------------------------------------------------
+
+
+def with_meta(suffix: str, **attributes: object) -> PVState:
+    return new_state(spec(suffix), Meta(**attributes))
+
+
+def alarm_of(state: PVState) -> tuple[int, int]:
+    return state.status, state.severity
+
+
+def test_new_state_takes_the_default_meta() -> None:
+    assert new_state(spec("f1")).meta == DEFAULT_META
+    assert new_state(spec("F3"), Meta(tmo=5.0)).meta.tmo == 5.0
+
+
+def test_a_new_pv_raises_no_alarm_whatever_its_value() -> None:
+    for value in (1e300, -1e300, 0.0, math.nan):
+        state = new_state(spec("f1"))
+        put(state, value)
+        assert alarm_of(state) == (alarm.STAT_NONE, alarm.NO_ALARM)
+
+
+def test_put_evaluates_the_limits_and_says_when_the_alarm_changed() -> None:
+    state = with_meta("f1", high=10.0, hihi=20.0)
+    assert put(state, 5.0) is True                     # UDF -> no alarm
+    assert put(state, 6.0) is False
+    assert put(state, 10.0) is True
+    assert alarm_of(state) == (alarm.STAT_HIGH, alarm.MINOR)
+    assert put(state, 15.0) is False                   # same alarm: no change
+    assert put(state, 25.0) is True
+    assert alarm_of(state) == (alarm.STAT_HIHI, alarm.MAJOR)
+    assert put(state, 0.0) is True
+    assert alarm_of(state) == (alarm.STAT_NONE, alarm.NO_ALARM)
+
+
+def test_hysteresis_across_puts() -> None:
+    state = with_meta("f1", high=10.0, hyst=1.0)
+    for value, expected in ((10.5, alarm.STAT_HIGH), (9.5, alarm.STAT_HIGH),
+                            (8.5, alarm.STAT_NONE), (9.5, alarm.STAT_NONE)):
+        put(state, value)
+        assert state.status == expected, value
+
+
+def test_int_pvs_alarm() -> None:
+    state = with_meta("i1", lolo=-5.0)
+    put(state, -5)
+    assert alarm_of(state) == (alarm.STAT_LOLO, alarm.MAJOR)
+
+
+def test_arrays_alarm_on_highest_and_lowest_element() -> None:
+    state = with_meta("f4", high=10.0, low=-10.0)
+    put(state, [0.0, 11.0, 1.0])
+    assert alarm_of(state) == (alarm.STAT_HIGH, alarm.MINOR)
+    put(state, [0.0, -11.0])
+    assert alarm_of(state) == (alarm.STAT_LOW, alarm.MINOR)
+    put(state, [])
+    assert alarm_of(state) == (alarm.STAT_NONE, alarm.NO_ALARM)
+
+
+@pytest.mark.parametrize("suffix", ["F4", "I4"])
+def test_buffers_alarm_on_their_newest_element(suffix: str) -> None:
+    state = with_meta(suffix, high=10.0)
+    put(state, [20, 1])
+    assert alarm_of(state) == (alarm.STAT_NONE, alarm.NO_ALARM)   # 20 is not the newest
+    put(state, [1, 20])
+    assert alarm_of(state) == (alarm.STAT_HIGH, alarm.MINOR)
+    put(state, [3])
+    assert alarm_of(state) == (alarm.STAT_NONE, alarm.NO_ALARM)
+    assert state.served().tolist() == [1, 1, 20, 3]  # the alarm never changes the data
+
+
+@pytest.mark.parametrize("suffix, value", [("c10", "zzz"), ("c1", "z"), ("C10", "zzz")])
+def test_text_never_alarms(suffix: str, value: str) -> None:
+    state = with_meta(suffix, hihi=-1e300, high=-1e300, low=1e300, lolo=1e300)
+    put(state, value)
+    assert alarm_of(state) == (alarm.STAT_NONE, alarm.NO_ALARM)
+    assert state.set_meta(Meta(hihi=0.0)) is False
+    assert alarm_of(state) == (alarm.STAT_NONE, alarm.NO_ALARM)
+
+
+def test_set_meta_judges_the_value_by_the_new_limits() -> None:
+    state = new_state(spec("f1"))
+    put(state, 15.0)
+    assert state.set_meta(Meta(high=10.0)) is True
+    assert alarm_of(state) == (alarm.STAT_HIGH, alarm.MINOR)
+    assert state.set_meta(Meta(high=10.0, hsv=alarm.MAJOR)) is True
+    assert alarm_of(state) == (alarm.STAT_HIGH, alarm.MAJOR)
+    assert state.set_meta(Meta(high=10.0, hsv=alarm.MAJOR, egu="mm")) is False
+    assert state.set_meta(Meta(high=20.0)) is True
+    assert alarm_of(state) == (alarm.STAT_NONE, alarm.NO_ALARM)
+    assert state.meta == Meta(high=20.0)
+    assert state.served() == 15.0  # attributes never change the value or its time
+    assert state.ts_ns == 1
+
+
+def test_set_meta_of_an_undefined_pv_keeps_it_undefined() -> None:
+    state = new_state(spec("f1"))
+    assert state.set_meta(Meta(high=-1.0, egu="mm")) is False
+    assert alarm_of(state) == (alarm.STAT_UDF, alarm.INVALID)
+    assert state.meta.egu == "mm"
+
+
+def test_unrelated_attributes_keep_an_alarm_held_by_hysteresis() -> None:
+    """As in an ai record, changing the units does not re-judge the value: an alarm held
+    by HYST stays until a value leaves the hysteresis band."""
+    state = with_meta("f1", high=10.0, hyst=1.0)
+    put(state, 10.5)
+    put(state, 9.5)
+    assert alarm_of(state) == (alarm.STAT_HIGH, alarm.MINOR)
+    state.set_meta(replace(state.meta, egu="mm"))
+    assert alarm_of(state) == (alarm.STAT_HIGH, alarm.MINOR)
+
+
+def test_meta_changes_with_a_value_keep_hysteresis() -> None:
+    """A ZMQ put carrying attributes sets them before judging the value (Relay.apply)."""
+    state = with_meta("f1", high=10.0, hyst=1.0)
+    put(state, 10.5)
+    state.meta = replace(state.meta, egu="mm")
+    put(state, 9.5)
+    assert alarm_of(state) == (alarm.STAT_HIGH, alarm.MINOR)
+
+
+def test_go_stale_once() -> None:
+    state = with_meta("f1", tmo=1.0)
+    assert state.go_stale() is False  # never defined: nothing to time out
+    assert alarm_of(state) == (alarm.STAT_UDF, alarm.INVALID)
+    put(state, 2.5, ts_ns=77)
+    assert state.go_stale() is True
+    assert state.stale is True
+    assert alarm_of(state) == (alarm.STAT_TIMEOUT, alarm.INVALID)
+    assert state.go_stale() is False
+    assert (state.served(), state.ts_ns) == (2.5, 77)  # value and time stamp unchanged
+
+
+def test_the_next_value_clears_staleness() -> None:
+    state = with_meta("f1", tmo=1.0, high=10.0)
+    put(state, 20.0)
+    state.go_stale()
+    assert put(state, 20.0) is True  # TIMEOUT -> HIGH is an alarm change
+    assert state.stale is False
+    assert alarm_of(state) == (alarm.STAT_HIGH, alarm.MINOR)
+    state.go_stale()
+    assert put(state, 1.0) is True
+    assert alarm_of(state) == (alarm.STAT_NONE, alarm.NO_ALARM)
+
+
+def test_put_records_its_arrival_time() -> None:
+    state = with_meta("F3", tmo=1.0)
+    state.put(convert(state.spec, [1.0]), 5, 123.5)
+    assert state.updated == 123.5
+
+
+def test_attributes_do_not_end_a_staleness_unless_tmo_is_turned_off() -> None:
+    state = with_meta("f1", tmo=1.0, high=10.0)
+    put(state, 20.0)
+    state.go_stale()
+    assert state.set_meta(replace(state.meta, egu="mm", high=30.0)) is False
+    assert alarm_of(state) == (alarm.STAT_TIMEOUT, alarm.INVALID)
+    assert state.set_meta(replace(state.meta, tmo=5.0)) is False
+    assert state.stale is True
+    assert state.set_meta(replace(state.meta, tmo=0.0)) is True
+    assert state.stale is False
+    assert alarm_of(state) == (alarm.STAT_NONE, alarm.NO_ALARM)  # judged afresh: 20 < 30
+
+
+@pytest.mark.parametrize("suffix, value, nelm, nord, rtyp", [
+    ("f1", 1.5, 1, 1, "ai"),
+    ("i1", 3, 1, 1, "longin"),
+    ("f5", [1.0, 2.0], 5, 2, "waveform"),
+    ("i4", [1, 2, 3, 4], 4, 4, "waveform"),
+    ("F5", [1.0, 2.0, 3.0], 5, 3, "waveform"),
+    ("I2", [1, 2], 2, 2, "waveform"),
+    ("c10", "abc", 10, 4, "waveform"),   # the text and its terminating NUL, as caput -S
+    ("c3", "abc", 3, 3, "waveform"),
+    ("c1", "x", 1, 1, "waveform"),
+    ("C8", "abc", 8, 4, "waveform"),
+])
+def test_read_only_fields(suffix: str, value: object, nelm: int, nord: int, rtyp: str) -> None:
+    state = new_state(spec(suffix))
+    assert state.field("NORD") == 0  # nothing held yet
+    put(state, value)
+    assert state.field("NELM") == nelm
+    assert state.field("NORD") == nord
+    assert state.field("RTYP") == rtyp
+    assert (state.field("SEVR"), state.field("STAT")) == (alarm.NO_ALARM, alarm.STAT_NONE)
+
+
+def test_sevr_and_stat_fields_follow_the_alarm() -> None:
+    state = with_meta("f1", hihi=1.0, tmo=1.0)
+    assert (state.field("SEVR"), state.field("STAT")) == (alarm.INVALID, alarm.STAT_UDF)
+    put(state, 2.0)
+    assert (state.field("SEVR"), state.field("STAT")) == (alarm.MAJOR, alarm.STAT_HIHI)
+    state.go_stale()
+    assert (state.field("SEVR"), state.field("STAT")) == (alarm.INVALID, alarm.STAT_TIMEOUT)
+
+
+def test_writable_fields_read_the_attributes() -> None:
+    state = with_meta("f1", egu="mm", prec=3, desc="d", hopr=9.0, lopr=-9.0, drvh=5.0,
+                      drvl=-5.0, high=4.0, hhsv=alarm.INVALID, hyst=0.5, tmo=2.0)
+    expected = {"EGU": "mm", "PREC": 3, "DESC": "d", "HOPR": 9.0, "LOPR": -9.0, "DRVH": 5.0,
+                "DRVL": -5.0, "HIHI": 0.0, "HIGH": 4.0, "LOW": 0.0, "LOLO": 0.0,
+                "HHSV": alarm.INVALID, "HSV": alarm.MINOR, "LSV": alarm.MINOR,
+                "LLSV": alarm.MAJOR, "HYST": 0.5, "TMO": 2.0}
+    assert {name: state.field(name) for name in expected} == expected
+    assert set(expected) | {"NELM", "NORD", "RTYP", "SEVR", "STAT"} == set(FIELDS)

@@ -7,6 +7,7 @@ import pytest
 
 from relayd import alarm
 from relayd.errors import Reason, Refused
+from relayd.meta import Meta
 from relayd.names import Grammar, NameLimits
 from relayd.pvstate import PVState
 from relayd.registry import Registry
@@ -172,6 +173,61 @@ def test_put_spec_and_apply() -> None:
     assert changed is False
     assert pv.state.served().tolist() == [5, 6]
     assert relay.stats.accepted == 2
+
+
+# --- attributes ---------------------------------------------------------------------------
+
+
+def test_apply_sets_attributes_before_judging_the_value() -> None:
+    relay = make()
+    spec = relay.grammar.spec_for("x_f1")
+    pv, alarm_changed = relay.apply(spec, 25.0, 10, 0.0, {"hihi": 20.0, "egu": "mm"})
+    assert alarm_changed is True
+    assert (pv.state.status, pv.state.severity) == (alarm.STAT_HIHI, alarm.MAJOR)
+    assert pv.state.meta == Meta(hihi=20.0, egu="mm")
+    pv, alarm_changed = relay.apply(spec, 26.0, 11, 0.0, {})
+    assert alarm_changed is False
+    assert pv.state.meta == Meta(hihi=20.0, egu="mm")   # an empty map changes nothing
+    assert relay.stats.accepted == 2
+
+
+def test_apply_with_attributes_starts_from_the_relays_defaults() -> None:
+    grammar = Grammar("P", NameLimits(max_name_length=64, max_elements=100))
+    relay = Relay(grammar, Registry(grammar, Holder, default_meta=Meta(tmo=5.0)))
+    pv, _ = relay.apply(grammar.spec_for("x_f1"), 1.0, 1, 0.0, {"egu": "V"})
+    assert pv.state.meta == Meta(tmo=5.0, egu="V")
+
+
+def test_set_meta_of_an_existing_pv() -> None:
+    relay = make()
+    relay.put("x_f1", 15.0, 1)
+    pv, alarm_changed = relay.set_meta("P:x_f1", {"high": 10.0})
+    assert alarm_changed is True
+    assert (pv.state.status, pv.state.severity) == (alarm.STAT_HIGH, alarm.MINOR)
+    pv, alarm_changed = relay.set_meta("P:x_f1", {"desc": "the x"})
+    assert alarm_changed is False
+    assert pv.state.meta == Meta(high=10.0, desc="the x")
+    assert pv.state.served() == 15.0 and pv.state.ts_ns == 1
+    assert relay.stats.accepted == 3
+
+
+def test_set_meta_never_creates_a_pv() -> None:
+    relay = make()
+    relay.registry.attach("P:watched_f1")  # a placeholder: watched, not created
+    before = snapshot(relay)
+    for name in ("P:nothing_f1", "P:watched_f1"):
+        refused = refusal(relay.set_meta, name, {"egu": "mm"})
+        assert refused.reason is Reason.NO_SUCH_PV
+        assert refused.detail == f"{name}: attributes for a PV that does not exist"
+    assert snapshot(relay) == before
+    assert relay.registry.placeholders["P:watched_f1"].state.meta == Meta()
+
+
+def test_set_meta_after_delete_is_refused() -> None:
+    relay = make()
+    relay.put("x_f1", 1.0, 1)
+    relay.delete("x_f1")
+    assert refusal(relay.set_meta, "P:x_f1", {"egu": "mm"}).reason is Reason.NO_SUCH_PV
 
 
 # --- delete -------------------------------------------------------------------------------
