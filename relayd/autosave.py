@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import queue
 import sqlite3
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -55,12 +57,14 @@ MIGRATIONS = {0: (_CREATE_V1,)}
 
 
 def default_path(prefix: str, environ: dict | None = None) -> str:
-    """Where autosave keeps a relay's PVs unless told: one file per prefix."""
+    """Where autosave keeps a relay's PVs unless told: one file per prefix, named by it
+    as it is (a prefix holds only letters, digits, '_', '-' and ':', all fine in a file
+    name), so two prefixes never share a file."""
     environ = os.environ if environ is None else environ
     state_home = environ.get("XDG_STATE_HOME") or os.path.join(
         os.path.expanduser("~"), ".local", "state"
     )
-    return os.path.join(state_home, "relayd", f"{prefix.replace(':', '_')}.sqlite")
+    return os.path.join(state_home, "relayd", f"{prefix}.sqlite")
 
 
 class Store:
@@ -99,12 +103,13 @@ class Store:
         os.makedirs(directory, exist_ok=True)
         connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
-            connection.execute("PRAGMA journal_mode=WAL").fetchone()
-            connection.execute("PRAGMA synchronous=NORMAL")
+            # The version first: a file this relayd does not know is not touched.
             version = connection.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise ValueError(f"it was written by a newer relayd (schema {version}, "
                                  f"this relayd knows up to {SCHEMA_VERSION})")
+            connection.execute("PRAGMA journal_mode=WAL").fetchone()
+            connection.execute("PRAGMA synchronous=NORMAL")
             while version < SCHEMA_VERSION:
                 connection.execute("BEGIN")
                 for statement in MIGRATIONS[version]:
@@ -125,7 +130,8 @@ class Store:
         rows = self.connection.execute(
             "SELECT name, kind, count, buffer, value, ts_ns, attrs FROM pvs ORDER BY rowid"
         )
-        return [SavedPV(name, kind, count, bool(buffer), value, ts_ns, json.loads(attrs))
+        return [SavedPV(name, kind, count, bool(buffer), _from_sql(kind, count, buffer, value),
+                        ts_ns, json.loads(attrs))
                 for name, kind, count, buffer, value, ts_ns, attrs in rows]
 
     def write(self, saved: Iterable[SavedPV], deleted: Iterable[str]) -> None:
@@ -141,12 +147,15 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                 "kind = excluded.kind, count = excluded.count, buffer = excluded.buffer, "
                 "value = excluded.value, ts_ns = excluded.ts_ns, attrs = excluded.attrs",
-                ((s.name, s.kind, s.count, int(s.buffer), s.value, s.ts_ns,
+                ((s.name, s.kind, s.count, int(s.buffer), _to_sql(s.value), s.ts_ns,
                   json.dumps(s.attrs, sort_keys=True)) for s in saved),
             )
             connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            # SQLite may have ended the transaction itself (a full disk does), and a
+            # ROLLBACK then would replace the real error with "no transaction is active".
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
             raise
 
     def replace_all(self, saved: Iterable[SavedPV]) -> None:
@@ -156,6 +165,23 @@ class Store:
 
     def close(self) -> None:
         self.connection.close()
+
+
+_NAN = struct.pack("<d", math.nan)
+
+
+def _to_sql(value: object) -> object:
+    """A saved value as SQLite stores it: SQLite turns a NaN REAL into NULL, so a NaN
+    scalar is kept as its 8 bytes instead."""
+    if isinstance(value, float) and math.isnan(value):
+        return struct.pack("<d", value)
+    return value
+
+
+def _from_sql(kind: str, count: int, buffer: int, value: object) -> object:
+    if kind == "f" and count == 1 and not buffer and isinstance(value, bytes) and len(value) == 8:
+        return struct.unpack("<d", value)[0]
+    return value
 
 
 # --- saving from the CA loop ------------------------------------------------------------
@@ -192,12 +218,12 @@ class _Pending:
     deleted: set[str] = field(default_factory=set)
 
     def merge(self, saved: dict[str, Snapshot], deleted: set[str]) -> None:
+        # A delete is kept even when the name is saved again: the write deletes first,
+        # so a PV deleted and created again takes a new place (its creation order).
         for name in deleted:
             self.saved.pop(name, None)
         self.deleted |= deleted
-        for name, snap in saved.items():
-            self.deleted.discard(name)
-            self.saved[name] = snap
+        self.saved.update(saved)
 
     def __len__(self) -> int:
         return len(self.saved) + len(self.deleted)
@@ -214,8 +240,6 @@ class Autosaver:
         self._deleted: set[str] = set()
         self._next = time.monotonic() + interval
         self._queue: queue.Queue = queue.Queue()
-        self._idle = threading.Event()
-        self._idle.set()
         self._errors = RateLimitedLog(log, burst=2, period=60.0)
         self._thread = threading.Thread(target=self._run, name="relayd-autosave", daemon=True)
         self._thread.start()
@@ -243,7 +267,6 @@ class Autosaver:
         saved = {name: snapshot(state) for name, state in self._dirty.items()}
         deleted, self._deleted = self._deleted, set()
         self._dirty = {}
-        self._idle.clear()
         self._queue.put((saved, deleted))
 
     def stop(self, timeout: float = 30.0) -> bool:
@@ -260,22 +283,21 @@ class Autosaver:
 
     def _run(self) -> None:
         pending = _Pending()
-        stopping = False
         while True:
             try:
                 item = self._queue.get(timeout=self.interval if len(pending) else None)
             except queue.Empty:
-                item = ((), ())  # nothing new: retry what failed
-            if item is None:
-                stopping = True
-            elif item[0] or item[1]:
+                item, queued = ((), ()), False  # nothing new: retry what failed
+            else:
+                queued = True
+            if item is not None:
                 pending.merge(dict(item[0]), set(item[1]))
             if len(pending):
                 self._write(pending)
             self.status.pending = len(pending)
-            if self._queue.empty():
-                self._idle.set()
-            if stopping:
+            if queued:
+                self._queue.task_done()
+            if item is None:  # stop() asked, after everything before it was written
                 return
 
     def _write(self, pending: _Pending) -> None:
@@ -299,4 +321,9 @@ class Autosaver:
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until the writer has handled everything handed to it (for tests/tools)."""
-        return self._idle.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True

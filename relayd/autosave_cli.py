@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -38,7 +39,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--replace", action="store_true",
                         help="import: make the store hold exactly the file's PVs "
                              "(default: add them, replacing PVs of the same name)")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def export(store: Store, out) -> int:
@@ -58,6 +59,9 @@ def load(data: dict) -> list:
 def main(argv: Sequence[str]) -> int:
     args = parse(argv)
     path = args.autosave or default_path(args.prefix)
+    if args.action == "export" and not os.path.exists(path):
+        print(f"relayd autosave: no autosave file at {path}", file=sys.stderr)
+        return 1
     try:
         store = Store.open(path)
     except BootError as error:

@@ -84,7 +84,7 @@ def run(
     store = open_store(config)
     server = CAServer(config)
     if store is not None:
-        server.restore(store.load())
+        server.restore(store.load(), progress=lambda: lifeline.send(beat=True))
         server.autosaver = Autosaver(store, config.autosave_interval)
         server.relay.stats.autosave = server.autosaver.status
     reader = PipeReader(pipe)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from pcaspy import cas
 
@@ -193,12 +193,19 @@ class CAServer(cas.caServer):
         if pv.state.meta.tmo > 0:
             self.stale_watch.watch(pv.state, now)
 
-    def restore(self, saved: list[SavedPV]) -> None:
-        """Recreate saved PVs before the first search is answered."""
+    def restore(self, saved: list[SavedPV], progress: Callable[[], None] = lambda: None
+                ) -> None:
+        """Recreate saved PVs before the first search is answered.
+
+        `progress` is called every few thousand PVs (the CA process sends a heartbeat,
+        so a large store is not mistaken for a hung process).
+        """
         now = time.monotonic()
-        for item in saved:
+        for index, item in enumerate(saved):
+            if index % 5000 == 4999:
+                progress()
             try:
-                spec, stored, ts_ns, meta = restore_pieces(item)
+                spec, stored, ts_ns, meta = restore_pieces(item, self.relay.grammar)
                 pv = self.relay.restore(spec, stored, ts_ns, meta, now)
             except (Refused, ValueError, TypeError) as error:
                 log.error("autosave: cannot restore %s (%s); left out", item.name, error)

@@ -7,8 +7,8 @@ pieces a PV is made of. The JSON form (`to_json`/`from_json`) is what
 ``relayd autosave export/import`` reads and writes.
 
 Value encoding in the store: a scalar is stored as the number itself (SQLite REAL or
-INTEGER), an array or buffer as its little-endian bytes (float64, int32), text as its
-bytes; an undefined PV (never possible for a saved PV, kept for safety) as NULL.
+INTEGER; a NaN as its 8 bytes, since SQLite turns a NaN REAL into NULL), an array or
+buffer as its little-endian bytes (float64, int32), text as its bytes.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import numpy as np
 
 from relayd.errors import Reason, Refused
 from relayd.meta import DEFAULT_META, Meta, apply_changes
-from relayd.names import Kind, PVSpec
+from relayd.names import Grammar, Kind, PVSpec
 from relayd.pvstate import PVState
+from relayd.values import convert
 
 _DTYPE = {Kind.FLOAT: np.dtype("<f8"), Kind.INT: np.dtype("<i4"), Kind.CHAR: np.dtype("|u1")}
 
@@ -64,24 +65,36 @@ def from_state(state: PVState) -> SavedPV:
     return make(state.spec, value, state.ts_ns, state.meta)
 
 
-def restore(saved: SavedPV) -> tuple[PVSpec, object, int, Meta]:
-    """(spec, stored value, time stamp, attributes) to rebuild the PV; `Refused` if bad."""
+def restore(saved: SavedPV, grammar: Grammar | None = None) -> tuple[PVSpec, object, int, Meta]:
+    """(spec, stored value, time stamp, attributes) to rebuild the PV; `Refused` if bad.
+
+    A row is data from a file, so it passes the same gates as a put: with `grammar`, its
+    name must be one of this relay's, within its limits, and say the same type and count
+    as the row; its value goes through `values.convert`.
+    """
     spec = saved.spec
+    if grammar is not None:
+        parsed = grammar.parse(saved.name)  # Refused beyond a limit
+        if parsed is None:
+            raise Refused(Reason.BAD_NAME, f"{saved.name}: not a PV name of this relay")
+        if parsed != spec:
+            raise Refused(Reason.BAD_VALUE,
+                          f"{saved.name}: saved as {spec.kind.value}{spec.count}"
+                          f"{' buffer' if spec.buffer else ''}, which its name does not say")
     value = saved.value
     if value is None:
         raise Refused(Reason.BAD_VALUE, f"{saved.name}: saved without a value")
     if spec.kind is Kind.CHAR:
-        stored: object = bytes(value)  # type: ignore[arg-type]
-        if len(stored) > spec.count:  # type: ignore[arg-type]
-            raise Refused(Reason.TOO_MANY_ELEMENTS, f"{saved.name}: saved text too long")
+        raw: object = bytes(value)  # type: ignore[arg-type]
     elif spec.is_scalar and not spec.buffer:
-        stored = float(value) if spec.kind is Kind.FLOAT else int(value)  # type: ignore[arg-type]
+        raw = value
     else:
         data = bytes(value)  # type: ignore[arg-type]
         dtype = _DTYPE[spec.kind]
-        if len(data) % dtype.itemsize or len(data) // dtype.itemsize > spec.count:
-            raise Refused(Reason.BAD_VALUE, f"{saved.name}: saved array does not fit")
-        stored = np.frombuffer(data, dtype=dtype).astype(dtype.newbyteorder("="))
+        if len(data) % dtype.itemsize:
+            raise Refused(Reason.BAD_VALUE, f"{saved.name}: saved array has a partial element")
+        raw = np.frombuffer(data, dtype=dtype)
+    stored = convert(spec, raw)
     meta = apply_changes(DEFAULT_META, saved.attrs) if saved.attrs else DEFAULT_META
     return spec, stored, saved.ts_ns, meta
 
