@@ -87,6 +87,8 @@ def restore(saved: SavedPV, grammar: Grammar | None = None) -> tuple[PVSpec, obj
     if spec.kind is Kind.CHAR:
         raw: object = bytes(value)  # type: ignore[arg-type]
     elif spec.is_scalar and not spec.buffer:
+        if spec.kind is Kind.INT and type(value) is not int:
+            raise Refused(Reason.BAD_VALUE, f"{saved.name}: saved {value!r} is not an integer")
         raw = value
     else:
         data = bytes(value)  # type: ignore[arg-type]

@@ -16,7 +16,8 @@ from relayd.pipe import DELETE, META, PUT, Forward, decode_forward, encode_forwa
 from relayd.protocol import dumps, encode_update
 from relayd.relay import Stats
 from relayd.values import convert
-from workers.ingest import Ingest, is_local
+from relayd.keys import is_local
+from workers.ingest import Ingest
 
 PREFIX = "pfx"
 ARRIVAL = 1_234_567_890_123_456_789

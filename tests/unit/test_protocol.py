@@ -278,8 +278,10 @@ def test_refused_update(update: dict, detail: str) -> None:
         (0, "'ts' 0 is before the EPICS epoch 1990-01-01 (631152000)"),
         (EPICS_EPOCH - 1, "'ts' 631151999 is before the EPICS epoch 1990-01-01 (631152000)"),
         (EPICS_EPOCH - 0.5, "'ts' 631151999.5 is before the EPICS epoch 1990-01-01 (631152000)"),
-        (TS_MAX + 1, "'ts' 4926119296 is after the last EPICS time stamp in 2126 (4926119295)"),
-        (2**64 - 1, f"'ts' {2**64 - 1} is after the last EPICS time stamp in 2126 (4926119295)"),
+        (TS_MAX + 1, "'ts' 4294967296 is after the last time stamp CA can carry, in 2106 "
+                     "(4294967295)"),
+        (2**64 - 1, f"'ts' {2**64 - 1} is after the last time stamp CA can carry, in 2106 "
+                    "(4294967295)"),
         ("1700000000", "'ts' is a str, not a number of POSIX seconds"),
         (True, "'ts' is a bool, not a number of POSIX seconds"),
         ([TS], "'ts' is a array, not a number of POSIX seconds"),

@@ -248,11 +248,17 @@ def test_meta_values_are_typed_by_the_field(sink: Sink, item: str, key: str,
     assert push_cli.parse_meta([item]) == {key: value}
 
 
-def test_meta_values_are_left_for_the_relay_to_check(sink: Sink) -> None:
-    """Only the type is read here; names, ranges and lengths are the relay's to refuse."""
-    ok("--meta", "hhsv=LOUD", "--meta", "prec=99", "--meta", "egu=" + "x" * 50,
-       sink.endpoint, "temp_f1")
-    assert sink.updates()[0].meta == {"hhsv": "LOUD", "prec": 99, "egu": "x" * 50}
+@pytest.mark.parametrize("meta, message", [
+    ("hhsv=LOUD", "--meta: HHSV: 'LOUD' is not one of NO_ALARM, MINOR, MAJOR, INVALID"),
+    ("prec=99", "--meta: PREC: 99 is outside 0..17"),
+    ("egu=" + "x" * 50, "--meta: EGU: longer than 39 bytes"),
+])
+def test_meta_values_are_checked_before_sending(sink: Sink, meta: str, message: str) -> None:
+    """The relay's own attribute rules run here: a typo exits 2 and sends nothing."""
+    result = relay_push("--meta", meta, sink.endpoint, "temp_f1")
+    assert result.returncode == 2
+    assert message in result.stderr.decode()
+    sink.nothing_before_marker()
 
 
 def test_parse_meta_of_nothing() -> None:
