@@ -29,6 +29,8 @@ from relayd.pipe import DELETE, META, PUT, PipeReader, decode_forward
 log = logging.getLogger("relayd.ca")
 
 SOURCE = "ZMQ update"
+# Events per PV between two turns of the CA library; pcas keeps up to 16 per monitor.
+POSTS_PER_CYCLE = 8
 
 
 class PipeIngest:
@@ -42,18 +44,23 @@ class PipeIngest:
         self._pending: deque[list] = deque()  # batches read but not yet applied
         self._sent_ns = 0  # when the worker sent the forward they came in
         self._stamps = Stamps()
+        # Events posted to each PV in this cycle (see `drain`).
+        self._posts: dict[ServedPV, int] = {}
+        self._cycle_full = False
 
     def drain(self, max_updates: int, budget: float) -> bool:
         """Apply waiting batches; True once the pipe is empty.
 
         Stops early, returning False, after `max_updates` updates or `budget` seconds,
-        so that the CA library gets its turn. Within one cycle each PV should get only
-        a few events: pcas queues at most a few events per monitor between two calls
-        to ``cas.process`` and merges the rest, so a bounded cycle is also what lets a
-        fast client receive every update.
+        so that the CA library gets its turn, or once a PV has been posted
+        POSTS_PER_CYCLE times: pcas queues only a few events per monitor between two
+        calls to ``cas.process`` and merges the rest, so a bounded cycle is also what
+        lets a fast client receive every update (of a few hot array PVs too).
         """
         deadline = time.perf_counter() + budget
         applied = 0
+        self._posts.clear()
+        self._cycle_full = False
         while True:
             if not self._pending:
                 payload = self.reader.read()
@@ -66,7 +73,8 @@ class PipeIngest:
             applied += len(batch)
             if not self._pending:
                 self.stats.pipe_lag = max(0, time.monotonic_ns() - self._sent_ns) / 1e9
-            if applied >= max_updates or time.perf_counter() > deadline:
+            if (applied >= max_updates or self._cycle_full
+                    or time.perf_counter() > deadline):
                 return False
 
     def _take(self, payload: bytes) -> None:
@@ -113,11 +121,16 @@ class PipeIngest:
                 log.exception("internal error applying an update to %r", name)
                 self.server.report(Refused(Reason.INTERNAL, f"update to {name!r}"), SOURCE)
         stamps = self._stamps
+        posts = self._posts
         for pv, mask in touched.items():
             if mask & cas.DBE_PROPERTY:
                 pv.post_property()
                 mask &= ~cas.DBE_PROPERTY
             self.server.applied(pv, mask, now, stamps(pv.state.ts_ns))
+            count = posts.get(pv, 0) + 1
+            posts[pv] = count
+            if count >= POSTS_PER_CYCLE:
+                self._cycle_full = True
 
     def _spec(self, name: str):
         spec = self.relay.grammar.parse(name)

@@ -91,7 +91,7 @@ class CAServer(cas.caServer):
 
     @guarded(cas.pverDoesNotExistHere)
     def pvExistTest(self, ctx: Any, address: Any, name: str) -> int:
-        if name in self.control.by_name:
+        if name in self.relay.registry.pvs or name in self.control.by_name:
             return cas.pverExistsHere
         try:
             if "." in name:

@@ -3,13 +3,16 @@
 The CA process spends its idle time inside pcas's ``fdManager::process``, waiting in
 select/poll on the CA sockets only; pcaspy offers no way to add the pipe to that wait.
 Polling the pipe with a short timeout would cost either latency or idle CPU. Instead a
-thread waits on the pipe and, when it becomes readable, sends the main thread SIGUSR2:
-the signal interrupts the wait (EINTR), ``process()`` returns, and the loop drains the
-pipe. The handler does nothing; SA_RESTART is set so that no other system call of the
-CA library is disturbed (select and poll are never restarted, which is the point).
+thread waits on the pipe and, when it becomes readable while the main thread is
+waiting, sends the main thread SIGUSR2: the signal interrupts the wait (EINTR),
+``process()`` returns, and the loop drains the pipe. The handler does nothing;
+SA_RESTART is set so that no other system call of the CA library is disturbed (select
+and poll are never restarted, which is the point).
 
-A signal that lands while the main thread is not waiting is harmless but would not wake
-the next wait, so until the loop reports the pipe drained the thread repeats the signal
+The main loop says when it is about to wait and when it is done (`waiting`). While it
+is busy, the thread does not run at all (it waits on a condition): it would only take
+the GIL from the loop doing the work. A signal that lands just before the loop enters
+its wait is lost, so while the loop is still waiting the thread repeats the signal
 every `RESEND` seconds: a lost wake-up costs at most that much latency.
 """
 
@@ -30,7 +33,9 @@ class Wakeup:
     def __init__(self, fd: int):
         self._fd = fd
         self._main = threading.main_thread().ident
-        self._drained = threading.Event()
+        self._condition = threading.Condition()
+        self._waiting = False
+        self._stopping = False
         self._stop_r, self._stop_w = os.pipe()
         signal.signal(WAKE_SIGNAL, _ignore)
         signal.siginterrupt(WAKE_SIGNAL, False)
@@ -40,13 +45,17 @@ class Wakeup:
         self._thread.start()
         return self
 
-    def drained(self) -> None:
-        """Called by the main loop after it found the pipe empty."""
-        self._drained.set()
+    def waiting(self, flag: bool) -> None:
+        """The main loop is about to wait in the CA library (True), or is back (False)."""
+        with self._condition:
+            self._waiting = flag
+            self._condition.notify()
 
     def stop(self) -> None:
+        with self._condition:
+            self._stopping = True
+            self._condition.notify()
         os.write(self._stop_w, b"x")
-        self._drained.set()
         self._thread.join(2.0)
         os.close(self._stop_r)
         os.close(self._stop_w)
@@ -56,10 +65,19 @@ class Wakeup:
             readable, _, _ = select.select([self._fd, self._stop_r], [], [])
             if self._stop_r in readable:
                 return
-            self._drained.clear()
-            signal.pthread_kill(self._main, WAKE_SIGNAL)
-            while not self._drained.wait(RESEND):
-                signal.pthread_kill(self._main, WAKE_SIGNAL)
+            with self._condition:
+                # Data waits. A busy loop will drain it anyway: only a waiting one
+                # needs waking, so sleep until it waits.
+                while not self._waiting and not self._stopping:
+                    self._condition.wait()
+                if self._stopping:
+                    return
+            if not select.select([self._fd], [], [], 0)[0]:
+                continue  # drained before the loop began to wait: nothing to wake for
+            with self._condition:
+                while self._waiting and not self._stopping:
+                    signal.pthread_kill(self._main, WAKE_SIGNAL)
+                    self._condition.wait(RESEND)
 
 
 def _ignore(signum: int, frame: object) -> None:
