@@ -1,0 +1,145 @@
+"""scale: one relay with many PVs (100,000 in full mode, 5,000 in quick mode).
+
+Per run, on a fresh relayd (``--max-pvs N + K`` so that K more can be created over CA):
+
+1. N scalar PVs are created through ZMQ (batches of 1000): seconds from the first send
+   until status:pvs reads N (the C get client polls it every 5 ms; status PVs are
+   computed when read).
+2. RSS of the CA process (the child titled "relayd: ca-server", from /proc) once the
+   PVs exist, and per PV above the RSS of the empty relay. The poller's reads of
+   status:pvs during the creation are timed too (CA service while PVs are created).
+3. The C connect client creates N channels and times until all are connected; the RSS
+   after it has disconnected again (pcas keeps what channels allocated).
+4. The C put client creates K new PVs over CA (search, connect, put with callback to K
+   new names), PVs/s.
+
+A second fresh relayd holds N/10 PVs and creates the same K over CA: creation over CA
+must not slow down as the relay grows (rate at N vs rate at N/10).
+
+Baseline: a plain pcaspy server with N static PVs (SimpleServer.createPV, timed in its
+own process; its RSS; the same connect-all), and connect + put of K of its existing PVs
+by the same C put client: what search + connect + put cost in the CA layer alone.
+The 3 s / 250 MB / 5 s targets are for N = 100,000 and are judged only then.
+"""
+
+from __future__ import annotations
+
+import time
+
+from bench.procs import RunFailure, rss_bytes
+from bench.report import Figure, Target
+from bench.scenarios.common import CONNECT, PROC, PUT, Context, create_pvs, interleave
+
+PATTERN = "scale%d_f1"
+MB = 1e6
+
+
+def _settled_rss(pid: int, pause: float = 0.5) -> int:
+    time.sleep(pause)
+    return rss_bytes(pid)
+
+
+def _create_over_ca(ctx: Context, server, tag: str, k: int) -> dict:
+    result = ctx.clients.put(server, f"{tag}%d_f1", k, k, mode="create").result(300)
+    return {"create": result, "rate": result["rate"]}
+
+
+def _big(ctx: Context, n: int, k: int, rep: int) -> dict:
+    relay = ctx.relay("s", ["--max-pvs", str(n + k)])
+    try:
+        ca = relay.child("ca-server")
+        empty = _settled_rss(ca, 0.3)
+        poller: dict = {}
+        create_s = create_pvs(ctx, relay, PATTERN, n, details=poller)
+        rss = _settled_rss(ca)
+        connect = ctx.clients.connect(relay, PATTERN, n)
+        if not connect["complete"]:
+            raise_incomplete(connect, n)
+        created = _create_over_ca(ctx, relay, f"new{rep}x", k)
+        return {"create_s": create_s, "rss_empty": empty, "rss": rss,
+                "kb_per_pv": (rss - empty) / n / 1e3, "connect": connect,
+                "connect_s": connect["elapsed_s"], "rss_after_clients": _settled_rss(ca, 0.2),
+                "ca_create": created["create"], "ca_rate": created["rate"],
+                "read_max_ms": poller["latency"]["max_ms"], "poller": poller}
+    finally:
+        relay.stop()
+
+
+def _small(ctx: Context, n: int, k: int, rep: int) -> dict:
+    relay = ctx.relay("s", ["--max-pvs", str(n + k)])
+    try:
+        create_pvs(ctx, relay, PATTERN, n // 10)
+        created = _create_over_ca(ctx, relay, f"new{rep}x", k)
+        return {"ca_create": created["create"], "ca_rate": created["rate"]}
+    finally:
+        relay.stop()
+
+
+def _plain(ctx: Context, n: int, k: int, rep: int) -> dict:
+    plain = ctx.baseline("driver", n, pattern=PATTERN, label="plain pcaspy")
+    try:
+        rss = _settled_rss(plain.ready["pid"])
+        connect = ctx.clients.connect(plain, PATTERN, n)
+        if not connect["complete"]:
+            raise_incomplete(connect, n)
+        rss_after_clients = _settled_rss(plain.ready["pid"], 0.2)
+        # connect + put to K of its existing PVs: the CA layer's share of creating K
+        existing = _create_over_ca(ctx, plain, "scale", k)
+        return {"create_s": plain.ready["create_s"], "rss": rss, "connect": connect,
+                "rss_after_clients": rss_after_clients,
+                "connect_s": connect["elapsed_s"], "ca_create": existing["create"],
+                "ca_rate": existing["rate"]}
+    finally:
+        plain.stop()
+
+
+def raise_incomplete(connect: dict, n: int) -> None:
+    raise RunFailure(f"only {connect['connected']} of {n} channels connected "
+                     f"within {connect['elapsed_s']:.1f} s")
+
+
+def _count(n: int) -> str:
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def scale(ctx: Context) -> tuple[list[Figure], dict]:
+    n = ctx.size(5_000, 100_000)
+    k = ctx.size(1_000, 5_000)
+    judged = n >= 100_000
+    runs = interleave(ctx.reps, {
+        "relayd N": lambda rep: _big(ctx, n, k, rep),
+        "relayd N/10": lambda rep: _small(ctx, n, k, rep),
+        "plain": lambda rep: _plain(ctx, n, k, rep),
+    }, ctx.log)
+
+    def v(variant: str, key: str, scale: float = 1.0) -> list[float]:
+        return [run[key] / scale for run in runs[variant]]
+
+    name = "scale"
+    label, tenth = _count(n), _count(n // 10)
+    figures = [
+        Figure(name, f"create {label} PVs via ZMQ", "s", "C get (libca) + pusher",
+               v("relayd N", "create_s"), "pcaspy createPV, in-process", v("plain", "create_s"),
+               targets=[Target("<=", 3.0, text="<= 3 s @100k", applies=judged)]),
+        Figure(name, f"CA process RSS, {label} PVs", "MB", PROC, v("relayd N", "rss", MB),
+               "plain pcaspy, static PVs", v("plain", "rss", MB),
+               targets=[Target("<=", 250, text="<= 250 MB @100k", applies=judged)]),
+        Figure(name, "RSS per PV (above empty relay)", "kB", PROC, v("relayd N", "kb_per_pv")),
+        Figure(name, f"CA process RSS after a client connected to all {label}", "MB", PROC,
+               v("relayd N", "rss_after_clients", MB), "plain pcaspy, static PVs",
+               v("plain", "rss_after_clients", MB),
+               targets=[Target("<=", 250, text="<= 250 MB @100k", applies=judged)]),
+        Figure(name, f"status read latency max while creating {label}", "ms", "C get (libca)",
+               v("relayd N", "read_max_ms"), targets=[Target("<=", 20, text="<= 20 ms")]),
+        Figure(name, f"connect all {label} (1 client)", "s", CONNECT, v("relayd N", "connect_s"),
+               "plain pcaspy, static PVs", v("plain", "connect_s"),
+               targets=[Target("<=", 5.0, text="<= 5 s @100k", applies=judged)]),
+        Figure(name, f"create {k} PVs over CA, {tenth} existing", "PVs/s", PUT,
+               v("relayd N/10", "ca_rate"), f"plain pcaspy: connect+put {k} existing",
+               v("plain", "ca_rate"), targets=[Target(">=", 5000, text=">= 5k/s")]),
+        Figure(name, f"create {k} PVs over CA, {label} existing", "PVs/s", PUT,
+               v("relayd N", "ca_rate"), f"relayd, {tenth} existing", v("relayd N/10", "ca_rate"),
+               targets=[Target(">=", 5000, text=">= 5k/s"),
+                        Target(">=", 0.9, on="ratio", text="ratio >= 0.9")]),
+    ]
+    return figures, runs
