@@ -29,8 +29,10 @@ from relayd.pipe import DELETE, META, PUT, PipeReader, decode_forward
 log = logging.getLogger("relayd.ca")
 
 SOURCE = "ZMQ update"
-# Events per PV between two turns of the CA library; pcas keeps up to 16 per monitor.
-POSTS_PER_CYCLE = 8
+# Events per PV between two turns of the CA library. pcas queues up to 16 events per
+# monitor but only 4 per subscription on average per client before it merges them, and
+# the events of the last cycle may not have left yet.
+POSTS_PER_CYCLE = 2
 
 
 class PipeIngest:

@@ -41,7 +41,7 @@ from relayd.wakeup import Wakeup
 log = logging.getLogger("relayd.ca")
 
 IDLE = 0.2  # longest wait in the CA library when nothing happens, seconds
-INGEST_BUDGET = 0.003  # longest stretch of applying ingest before serving CA again
+INGEST_BUDGET = 0.002  # longest stretch of applying ingest before serving CA again
 CYCLE_UPDATES = 2000  # most updates applied between two turns of the CA library
 HOUSEKEEPING = 0.5  # seconds between heartbeats and lifeline checks
 DRAIN_ON_STOP = 2.0  # seconds allowed to apply what is left in the pipe when stopping

@@ -8,7 +8,9 @@ Stored forms (and why):
 
 * ``f`` scalar: a Python float; ``i`` scalar: a Python int. Scalars are the hot path and
   plain numbers are the cheapest thing to hand to the CA layer.
-* numeric arrays and buffers: a 1-D numpy array of float64 or int32, the CA wire types.
+* numeric arrays and buffers: a 1-D numpy array of float64 or int32, the CA wire types,
+  never sharing memory anyone could change (a writable input array is copied; a
+  read-only view of received bytes is kept as it is).
 * ``c``/``C``: bytes, the text without its NUL terminator.
 
 Conversions:
@@ -179,5 +181,9 @@ def _int_array_of(spec: PVSpec, raw: object) -> np.ndarray:
 
 
 def _float_array_of(spec: PVSpec, raw: object) -> np.ndarray:
-    # always a copy: never alias the sender's memory
-    return np.array(_sized_array(spec, raw), dtype=np.float64)
+    array = _sized_array(spec, raw)
+    if array.dtype == np.float64 and array.dtype.isnative and not array.flags.writeable:
+        # A read-only array (a view of received bytes, which are immutable) cannot
+        # change behind the PV's back: no copy needed. This is the packed-array path.
+        return array
+    return np.array(array, dtype=np.float64)  # a copy: never alias the sender's memory
