@@ -39,8 +39,11 @@ from relayd.values import converter
 log = logging.getLogger("relayd.ingest")
 
 HOUSEKEEPING = 0.5  # seconds between heartbeats and lifeline checks
-MAX_MESSAGES_PER_FORWARD = 2000  # ZMQ messages gathered into one pipe message at most
-MAX_FORWARD_BYTES = 4 * 1024 * 1024  # and ZMQ bytes
+# One pipe message holds at most this many ZMQ messages, updates and bytes: the CA
+# process decodes a pipe message in one go, so a large one would stall CA service.
+MAX_MESSAGES_PER_FORWARD = 2000
+MAX_UPDATES_PER_FORWARD = 5_000
+MAX_FORWARD_BYTES = 4 * 1024 * 1024
 PIPE_RETRY = 0.5  # seconds a forward waits for room in the pipe before a heartbeat
 
 
@@ -211,7 +214,7 @@ def run(config: Config, pipe: socket.socket, lifeline: Lifeline,
 def gather(sock: zmq.Socket, ingest: Ingest) -> list[list[tuple]]:
     """Every message waiting (up to a bound), as batches of accepted ops."""
     batches = []
-    size = 0
+    size = updates = 0
     for _ in range(MAX_MESSAGES_PER_FORWARD):
         try:
             frame = sock.recv(zmq.NOBLOCK, copy=False)
@@ -227,7 +230,8 @@ def gather(sock: zmq.Socket, ingest: Ingest) -> list[list[tuple]]:
             continue
         if ops:
             batches.append(ops)
-        if size >= MAX_FORWARD_BYTES:
+            updates += len(ops)
+        if size >= MAX_FORWARD_BYTES or updates >= MAX_UPDATES_PER_FORWARD:
             break
     return batches
 
