@@ -9,9 +9,13 @@ relay's authorised keys folder (``--curve-authorized-keys``).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import zmq.auth
+from zmq.utils import z85
+
+KEY_LENGTH = 40  # a CURVE key is 32 bytes, 40 characters in Z85
 
 
 def is_local(endpoint: str) -> bool:
@@ -23,6 +27,22 @@ def is_local(endpoint: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+def _check_key(path: str, which: str, key: bytes) -> bytes:
+    """`key` if it is a usable Z85 CURVE key; ValueError naming `path` otherwise.
+
+    libzmq refuses a key of the wrong length only when it is set on a socket, with a bare
+    "Invalid argument": checked here, the operator learns which file is wrong.
+    """
+    try:
+        usable = len(key) == KEY_LENGTH and len(z85.decode(key)) == 32
+    except (ValueError, KeyError, TypeError):
+        usable = False
+    if not usable:
+        raise ValueError(f"{path}: the {which} key is not a {KEY_LENGTH}-character Z85 "
+                         "CURVE key (write keys with relayd keygen)")
+    return key
+
+
 def load_public_key(path: str) -> bytes:
     """The public key in a certificate file (``.key`` or ``.key_secret``); ValueError if none."""
     try:
@@ -31,7 +51,7 @@ def load_public_key(path: str) -> bytes:
         raise ValueError(f"cannot read CURVE key {path}: {error}") from None
     if not public:
         raise ValueError(f"{path} holds no public key")
-    return public
+    return _check_key(path, "public", public)
 
 
 def load_secret_key(path: str) -> tuple[bytes, bytes]:
@@ -42,7 +62,26 @@ def load_secret_key(path: str) -> tuple[bytes, bytes]:
         raise ValueError(f"cannot read CURVE key {path}: {error}") from None
     if not secret:
         raise ValueError(f"{path} holds no secret key (give the .key_secret file)")
-    return public, secret
+    return _check_key(path, "public", public), _check_key(path, "secret", secret)
+
+
+def load_authorized_keys(folder: str) -> tuple[frozenset[bytes], list[str]]:
+    """The public keys of every ``*.key`` file in `folder`, and a line per file skipped.
+
+    One unreadable file must not lock every publisher out (pyzmq's own loader gives up
+    on the whole folder at the first bad file), nor stop a relay that is running: it is
+    skipped, and the caller logs why. NotADirectoryError if `folder` is not a folder.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise NotADirectoryError(f"--curve-authorized-keys {folder} is not a directory")
+    keys, skipped = set(), []
+    for path in sorted(root.glob("*.key")):
+        try:
+            keys.add(load_public_key(str(path)))
+        except ValueError as error:
+            skipped.append(str(error))
+    return frozenset(keys), skipped
 
 
 def keygen(stem: str, force: bool = False) -> tuple[str, str]:

@@ -194,6 +194,7 @@ def run(config: Config, pipe: socket.socket, lifeline: Lifeline,
                 next_housekeeping = now + HOUSEKEEPING
                 housekeeping(lifeline)
                 if gate is not None:
+                    gate.poll_handshakes()
                     ingest.note_denials(gate.denied, gate.last_denial)
                 counters = ingest.take_counters()
                 if counters:
