@@ -67,6 +67,12 @@ def wait_status(reader: Any, relay: RelayProcess, suffix: str,
     return seen[-1]
 
 
+def wait_status_is(reader: Any, relay: RelayProcess, suffix: str, expected: Any) -> None:
+    """Poll a status PV until it equals `expected`."""
+    wait_status(reader, relay, suffix, lambda value: value == expected,
+                what=f"status:{suffix} == {expected} on {relay.prefix}")
+
+
 def listed(reader: Any, relay: RelayProcess) -> list[str]:
     text = reader.get(full(relay, "pvlist"), as_string=True)
     return text.split(",") if text else []

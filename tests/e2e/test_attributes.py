@@ -26,6 +26,7 @@ import zmq
 
 from relayd import protocol
 from relayd.client import Client
+from tests.e2e._tools import full, status, wait_status_is
 from tests.harness import DEFAULT_TIMEOUT, Event, Monitor, RelayProcess, wait_for
 
 DBE_VALUE, DBE_LOG, DBE_ALARM, DBE_PROPERTY = 1, 2, 4, 8
@@ -40,10 +41,6 @@ CTRL_KEYS = ("units", "precision", "upper_disp_limit", "lower_disp_limit",
 
 
 # --- helpers: names, pushes, status ------------------------------------------------------------
-
-
-def full(relay: RelayProcess, base: str) -> str:
-    return f"{relay.prefix}:{base}"
 
 
 def other(client, pyepics_client, caproto_client):
@@ -75,23 +72,6 @@ def pushed(relay: RelayProcess, *updates: tuple) -> None:
     finally:
         publisher.close()
         context.term()
-
-
-def status(reader: Any, relay: RelayProcess, suffix: str) -> float:
-    return reader.get(full(relay, f"status:{suffix}"))
-
-
-def wait_status(reader: Any, relay: RelayProcess, suffix: str, expected: float) -> None:
-    seen: list[float] = []
-
-    def reached() -> bool:
-        seen.append(status(reader, relay, suffix))
-        return seen[-1] == expected
-
-    try:
-        wait_for(reached, what=f"status:{suffix} == {expected} on {relay.prefix}")
-    except AssertionError as error:
-        raise AssertionError(f"{error}; last read {seen[-1:]}") from None
 
 
 def wait_created(reader: Any, relay: RelayProcess, *bases: str) -> None:
@@ -475,7 +455,7 @@ def test_meta_alone_for_a_pv_that_does_not_exist_is_refused(client, start_relay)
     watched = client.monitor(full(relay, "watched_f1"))      # a placeholder
     watched.wait_count(1)
     pushed(relay, ("meta", "nothing_f1", {"egu": "mm"}), ("meta", "watched_f1", {"egu": "mm"}))
-    wait_status(client, relay, "refused:noSuchPV", 2)
+    wait_status_is(client, relay, "refused:noSuchPV", 2)
     assert status(client, relay, "refused") == 2
     assert "attributes for a PV that does not exist" in last_refusal(client, relay)
     assert client.get(full(relay, "pvlist"), as_string=True) == ""
@@ -516,7 +496,7 @@ def test_refused_meta_changes_nothing(client, start_relay):
     for number, (meta, detail) in enumerate(REFUSED_META, start=1):
         pushed(relay, ("put", "kept_f1", 50.0, {"meta": meta}), ("meta", "kept_f1", meta),
                ("put", "other_f1", 2.0, {"meta": meta}))
-        wait_status(reader, relay, "refused:badValue", 3 * number)
+        wait_status_is(reader, relay, "refused:badValue", 3 * number)
         text = last_refusal(reader, relay)
         assert text.startswith("ZMQ update: badValue: ") and detail in text, text
     assert status(reader, relay, "refused") == 3 * len(REFUSED_META)

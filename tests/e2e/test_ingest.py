@@ -28,6 +28,7 @@ import pytest
 import zmq
 
 from tests.conftest import PORTS
+from tests.e2e._tools import full, status, wait_status_is
 from tests.harness import RelayProcess, free_port, unique_prefix, wait_for
 
 SEVR_INVALID, STAT_UDF = 3, 17
@@ -61,10 +62,6 @@ def pack(obj):
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def full(relay: RelayProcess, base: str) -> str:
-    return f"{relay.prefix}:{base}"
 
 
 def _snippet(relay: RelayProcess, body: str, args: tuple[str, ...]) -> list[str]:
@@ -107,23 +104,6 @@ def listed(reader: Any, relay: RelayProcess) -> list[str]:
 def wait_listed(reader: Any, relay: RelayProcess, *pvs: str) -> None:
     wait_for(lambda: set(pvs) <= set(listed(reader, relay)),
              what=f"{', '.join(pvs)} in the pvlist of {relay.prefix}")
-
-
-def status(reader: Any, relay: RelayProcess, suffix: str) -> float:
-    return reader.get(full(relay, f"status:{suffix}"))
-
-
-def wait_status(reader: Any, relay: RelayProcess, suffix: str, expected: float) -> None:
-    seen: list[float] = []
-
-    def reached() -> bool:
-        seen.append(status(reader, relay, suffix))
-        return seen[-1] == expected
-
-    try:
-        wait_for(reached, what=f"status:{suffix} == {expected} on {relay.prefix}")
-    except AssertionError as error:
-        raise AssertionError(f"{error}; last read {seen[-1:]}") from None
 
 
 def is_running(pid: int, title: str) -> bool:
@@ -315,7 +295,7 @@ def test_delete_removes_the_pv_and_disconnects_its_monitor(client, start_relay):
     wait_for(lambda: False in monitor.connection_changes(), what="the monitor disconnected")
     assert monitor.connection_changes()[:2] == [True, False]
     assert client.get(keep) == 1.0
-    wait_status(client, relay, "deleted", 1)
+    wait_status_is(client, relay, "deleted", 1)
     assert status(client, relay, "refused") == 0
     monitor.close()
 
@@ -373,8 +353,8 @@ def test_a_batch_applies_every_update(client, start_relay):
     assert list(client.get(full(relay, "d_f3"))) == [1.0, 2.0, 3.0]
     assert list(client.get(full(relay, "e_F4"))) == [9.0, 10.0, 11.0]
     assert client.get(full(relay, "f_i1")) == 6
-    wait_status(client, relay, "zmq:messages", 3)
-    wait_status(client, relay, "zmq:updates", 9)
+    wait_status_is(client, relay, "zmq:messages", 3)
+    wait_status_is(client, relay, "zmq:updates", 9)
     assert status(client, relay, "accepted") == 8 and status(client, relay, "deleted") == 1
 
 
@@ -475,7 +455,7 @@ def test_refused_message_is_counted_and_changes_nothing(caproto_client, start_re
     pids = relay.child_pids()
 
     push(relay, snippet)
-    wait_status(reader, relay, f"refused:{reason}", 1)
+    wait_status_is(reader, relay, f"refused:{reason}", 1)
     assert status(reader, relay, "refused") == 1
     last = reader.get(full(relay, "status:lastRefusal"), as_string=True)
     assert last.startswith(f"ZMQ update: {reason}: ") and text in last, last
@@ -520,7 +500,7 @@ def test_one_bad_update_in_a_batch_does_not_discard_the_good_ones(client, start_
             "not an update",                           # malformed: update #7
         ]))
     """)
-    wait_status(client, relay, "refused", 5)
+    wait_status_is(client, relay, "refused", 5)
     assert listed(client, relay) == [full(relay, pv) for pv in ("a_f1", "b_i1", "e_c10")]
     assert client.get(full(relay, "a_f1")) == 1.0
     assert client.get(full(relay, "b_i1")) == 2
@@ -561,7 +541,7 @@ def test_an_oversize_message_is_dropped_by_zmq_and_the_relay_keeps_working(capro
     assert listed(reader, relay) == [full(relay, "before_f1"), full(relay, "after_f1")]
     assert reader.get(full(relay, "after_f1")) == 2.0
     # ZeroMQ dropped it before relayd saw it: not received, not counted as a refusal.
-    wait_status(reader, relay, "zmq:messages", 2)
+    wait_status_is(reader, relay, "zmq:messages", 2)
     assert status(reader, relay, "refused") == 0
     assert relay.child_pids() == pids
 
@@ -599,7 +579,7 @@ def test_relay_push_delete_and_time_stamp(caproto_client, start_relay):
     assert abs(caproto_client.get_meta(pv).timestamp - 1700000000.25) < 0.5e-6
     assert relay_push("--delete", relay.endpoint, "temp_f1").returncode == 0
     wait_for(lambda: listed(caproto_client, relay) == [], what="temp_f1 deleted")
-    wait_status(caproto_client, relay, "deleted", 1)
+    wait_status_is(caproto_client, relay, "deleted", 1)
 
 
 def test_relay_push_lines_appends_in_order(client, shared_relay, name):
@@ -639,7 +619,7 @@ def test_relay_push_exit_codes(caproto_client, start_relay):
     assert relay_push(relay.endpoint, "x_f1", "1").returncode == 0
     wait_listed(caproto_client, relay, full(relay, "x_f1"))
     # Only the good command sent anything.
-    wait_status(caproto_client, relay, "zmq:messages", 1)
+    wait_status_is(caproto_client, relay, "zmq:messages", 1)
     assert status(caproto_client, relay, "refused") == 0
 
 
@@ -672,7 +652,7 @@ def test_ingest_worker_killed_is_restarted_and_monitors_stay_connected(client, s
         new = wait_for(lambda: (pids := relay.child_pids()).get("ingest") not in
                        (None, old["ingest"]) and pids, what="a new ingest worker")
         assert new["ca-server"] == old["ca-server"]
-        wait_status(client, relay, "restarts:ingest", 1)
+        wait_status_is(client, relay, "restarts:ingest", 1)
         relay.wait_log("ingest ready (pid %d)" % new["ingest"])
         after_restart = client.get(counter)
         wait_for(lambda: client.get(counter) > after_restart + 20,
@@ -702,7 +682,7 @@ def test_ca_process_killed_is_restarted_and_pyepics_reconnects(pyepics_client, s
                    (None, old["ca-server"]) and pids, what="a new CA process")
     assert new["ingest"] == old["ingest"]
     relay.wait_log("ca-server ready (pid %d)" % new["ca-server"])
-    wait_status(pyepics_client, relay, "restarts:ca", 1)
+    wait_status_is(pyepics_client, relay, "restarts:ca", 1)
     assert status(pyepics_client, relay, "restarts:ingest") == 0
     # The new CA process restored the PV from autosave; a push updates it.
     push(relay, f"with Client(endpoint) as r: r.put({pv!r}, 2.0)")
