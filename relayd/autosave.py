@@ -229,6 +229,9 @@ class _Pending:
         return len(self.saved) + len(self.deleted)
 
 
+SNAPSHOTS_PER_TICK = 2000
+
+
 class Autosaver:
     """Notes changes in the CA loop and writes them from a thread."""
 
@@ -238,6 +241,11 @@ class Autosaver:
         self.status = AutosaveStatus(enabled=True, path=store.path)
         self._dirty: dict[str, PVState] = {}
         self._deleted: set[str] = set()
+        # A flush in progress: the states still to snapshot (from `_pos` on) and the
+        # deletes to hand with the first part.
+        self._todo: list[PVState] | None = None
+        self._pos = 0
+        self._todo_deleted: set[str] = set()
         self._next = time.monotonic() + interval
         self._queue: queue.Queue = queue.Queue()
         self._errors = RateLimitedLog(log, burst=2, period=60.0)
@@ -256,18 +264,45 @@ class Autosaver:
         self._deleted.add(name)
 
     def tick(self, now: float) -> None:
-        if now >= self._next:
-            self.flush()
+        """Called every CA loop cycle: start a flush when one is due, or go on with one.
+
+        A flush hands at most SNAPSHOTS_PER_TICK snapshots per cycle, so that saving
+        100,000 new PVs never holds CA service up for long (it took ~150 ms in one go).
+        """
+        if self._todo is None:
+            if now < self._next:
+                return
+            self._start()
+        self._hand(SNAPSHOTS_PER_TICK)
 
     def flush(self) -> None:
-        """Hand what changed since the last flush to the writer thread."""
+        """Hand everything that changed to the writer thread, now."""
+        if self._todo is not None:  # finish the flush in progress first
+            self._hand(None)
+        self._start()
+        self._hand(None)
+
+    def _start(self) -> None:
         self._next = time.monotonic() + self.interval
-        if not self._dirty and not self._deleted:
-            return
-        saved = {name: snapshot(state) for name, state in self._dirty.items()}
-        deleted, self._deleted = self._deleted, set()
+        # In the order the PVs were first touched: the store keeps creation order. A PV
+        # changed again during the flush is in `_dirty` again, for the next one; a PV
+        # deleted during it is saved by this one and deleted by the next (the writer
+        # applies the parts in order).
+        self._todo, self._pos = list(self._dirty.values()), 0
+        self._todo_deleted, self._deleted = self._deleted, set()
         self._dirty = {}
-        self._queue.put((saved, deleted))
+
+    def _hand(self, limit: int | None) -> None:
+        todo, start = self._todo, self._pos
+        assert todo is not None
+        end = len(todo) if limit is None else min(len(todo), start + limit)
+        deleted, self._todo_deleted = self._todo_deleted, set()
+        if end >= len(todo):
+            self._todo = None
+        self._pos = end
+        if end > start or deleted:
+            saved = {state.spec.name: snapshot(state) for state in todo[start:end]}
+            self._queue.put((saved, deleted))
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Write everything still pending, then close; False if that did not succeed."""
@@ -290,14 +325,21 @@ class Autosaver:
                 item, queued = ((), ()), False  # nothing new: retry what failed
             else:
                 queued = True
-            if item is not None:
+            taken = 1 if queued else 0
+            # Parts of one flush arrive one CA cycle apart: write what is there together.
+            while item is not None:
                 pending.merge(dict(item[0]), set(item[1]))
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                taken += 1
             if len(pending):
                 self._write(pending)
             self.status.pending = len(pending)
-            if queued:
+            for _ in range(taken):
                 self._queue.task_done()
-            if item is None:  # stop() asked, after everything before it was written
+            if item is None and queued:  # stop() asked, after everything before it
                 return
 
     def _write(self, pending: _Pending) -> None:

@@ -44,13 +44,15 @@ MONITOR_EVENTS_PER_CALL = 1000  # a flood of bad handshakes cannot hold the work
 class Gatekeeper(ThreadAuthenticator):
     """pyzmq's ZAP authenticator with our own key list, counting what it turns away.
 
-    ``denied``/``last_denial`` are read by the worker's thread and written by the
-    authenticator's: an int and a str, each replaced whole, so no lock is needed.
+    The authenticator's thread counts in ``_refused_by_zap``, the worker's thread in
+    ``_failed_handshakes``: each counter has one writer, and the worker reads their sum
+    (`denied`) and the last text, each replaced whole, so no lock is needed.
     """
 
     def __init__(self, context: zmq.Context):
         super().__init__(context, log=log.getChild("zap"))
-        self.denied = 0
+        self._refused_by_zap = 0
+        self._failed_handshakes = 0
         self.last_denial = ""
         self.authorised: frozenset[bytes] = frozenset()
         self._address = "?"
@@ -74,13 +76,15 @@ class Gatekeeper(ThreadAuthenticator):
                         user_id: str = "anonymous") -> None:
         if status_code != b"200":
             key = f" (public key {self._key.decode(errors='replace')})" if self._key else ""
-            self._deny(f"ZMQ connection from {self._address} refused: "
-                       f"{status_text.decode(errors='replace')}{key}")
+            self.last_denial = (f"ZMQ connection from {self._address} refused: "
+                                f"{status_text.decode(errors='replace')}{key}")
+            self._refused_by_zap += 1
         super()._send_zap_reply(request_id, status_code, status_text, user_id)
 
-    def _deny(self, text: str) -> None:
-        self.last_denial = text
-        self.denied += 1
+    @property
+    def denied(self) -> int:
+        """Connections refused so far, by the authenticator or in the handshake."""
+        return self._refused_by_zap + self._failed_handshakes
 
     # --- handshakes that never reach ZAP (the worker's thread) ---
 
@@ -102,7 +106,8 @@ class Gatekeeper(ThreadAuthenticator):
                 why = HANDSHAKE_FAILURES.get(event["value"],
                                              f"protocol error {event['value']:#x}")
             endpoint = event["endpoint"].decode(errors="replace")
-            self._deny(f"ZMQ connection to {endpoint} refused: {why}")
+            self.last_denial = f"ZMQ connection to {endpoint} refused: {why}"
+            self._failed_handshakes += 1
 
     def stop(self) -> None:
         if self._monitor is not None:

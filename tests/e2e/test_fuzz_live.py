@@ -10,7 +10,7 @@ fields. Then, from a seeded generator:
   that must each be refused whole: a wrong value type, too many elements, bad packed
   arrays, or a good value spoilt by bad attributes, a bad time stamp, an unknown key, an
   unknown version or a bad op;
-* 600 CA writes with caproto: random types and counts to random names, too
+* 2000 CA writes with caproto: random types and counts to random names, too
   many elements and unparsable text to the good PVs, bad values to their fields, writes
   to the status PVs, junk to delpv, and connections to names beyond the limits.
 
@@ -40,7 +40,7 @@ from tests.harness import wait_for
 
 SEED = int(os.environ.get("RELAYD_FUZZ_SEED", "20240607"))
 ZMQ_MESSAGES = 5000
-CA_WRITES = 600
+CA_WRITES = 2000
 
 MAX_ELEMENTS = 1000
 MAX_NAME_LENGTH = 50  # caproto itself refuses to search for names of 60 or more
@@ -340,7 +340,7 @@ def test_random_and_malformed_input_changes_no_good_pv(caproto_client, start_rel
         sock.close()
         context.term()
 
-    # 3. Hundreds of CA writes, from a context of our own (deletes disconnect channels).
+    # 3. Thousands of CA writes, from a context of our own (deletes disconnect channels).
     from caproto import ChannelType
     from caproto.threading.client import Context
 

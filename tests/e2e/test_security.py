@@ -213,7 +213,7 @@ def test_unauthorised_publisher_publishes_nothing_and_is_told(caproto_client, st
     assert status(reader, relay, "pvs") == 1
 
 
-@pytest.mark.parametrize("kind", ["no key", "unknown key"])
+@pytest.mark.parametrize("kind", ["no key", "unknown key", "wrong server key"])
 def test_unauthorised_publisher_is_counted_and_named(caproto_client, start_relay, keys, kind):
     relay = start_relay(*keys.relay_args(), "--status-interval", "0.2")
     curve, _ = _intruder(keys, kind)
@@ -222,6 +222,11 @@ def test_unauthorised_publisher_is_counted_and_named(caproto_client, start_relay
                 what=f"the publisher with {kind} counted as authDenied")
     last = status(caproto_client, relay, "lastRefusal")
     assert "authDenied" in last and "127.0.0.1" in last, last
+    if kind == "unknown key":   # the operator learns which key to add, if it is welcome
+        stranger = zmq.auth.load_certificate(keys.public("stranger"))[0].decode()
+        assert f"Unknown key (public key {stranger})" in last, last
+    else:                       # refused in the CURVE handshake, before any key check
+        assert "CURVE" in last, last
     assert status(caproto_client, relay, "refused") >= 1
     assert "refused ZMQ: authDenied" in relay.log_text()
     # The authorised publisher is not disturbed by the refused one.

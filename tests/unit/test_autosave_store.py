@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from relayd import config
+from relayd import autosave, config
 from relayd.autosave import MIGRATIONS, SCHEMA_VERSION, Autosaver, Store, default_path
 from relayd.errors import BootError
 from relayd.meta import DEFAULT_META, Meta
@@ -463,6 +463,36 @@ def test_a_pv_deleted_and_created_again_goes_last(saver, path: Path) -> None:
     autosaver.flush()
     assert autosaver.wait_idle(5)
     assert [item.name for item in reopen(path)] == ["P:b_f1", "P:a_f1"]
+
+
+def test_a_large_flush_is_handed_over_a_few_cycles_in_creation_order(saver, path: Path,
+                                                                      monkeypatch) -> None:
+    """The CA loop snapshots at most SNAPSHOTS_PER_TICK PVs per cycle; nothing is lost or
+    reordered, and a PV deleted and created again in the middle still ends up last."""
+    monkeypatch.setattr(autosave, "SNAPSHOTS_PER_TICK", 10)
+    autosaver = saver(interval=0.05)
+    states = [state(f"pv{i}_f1", float(i)) for i in range(35)]
+    for item in states:
+        autosaver.touch(item)
+    time.sleep(0.06)
+    autosaver.tick(time.monotonic())            # the first 10
+    assert autosaver.wait_idle(5)
+    assert [row.name for row in reopen(path)] == [s.spec.name for s in states[:10]]
+    # pv3 (saved) and pv20 (not yet) are deleted and made again during the flush.
+    again = [state("pv3_f1", 103.0), state("pv20_f1", 120.0)]
+    for item in again:
+        autosaver.forget(item.spec.name)
+        autosaver.touch(item)
+    for _ in range(3):                          # the other 25
+        autosaver.tick(time.monotonic())
+    assert autosaver.wait_idle(5)
+    assert len(reopen(path)) == 35
+    time.sleep(0.06)
+    autosaver.tick(time.monotonic())            # the next flush: the deletes, the new ones
+    assert autosaver.wait_idle(5)
+    rows = reopen(path)
+    expected = [s for s in states if s.spec.name not in ("P:pv3_f1", "P:pv20_f1")] + again
+    assert rows == [from_state(s) for s in expected]
 
 
 def test_stop_writes_everything(saver, path: Path) -> None:
