@@ -382,8 +382,7 @@ class PyepicsClient:
         pyepics drops the status of a put callback, so the callback is registered here
         through pyepics' own libca binding to read that status.
         """
-        pv = self.pv(name)
-        chid = pv.chid
+        chid = self.pv(name).chid
         ftype = self.ca.field_type(chid)
         native = self.ca.element_count(chid)
         dbr = self.epics.dbr
@@ -398,6 +397,12 @@ class PyepicsClient:
         data = (count * dbr.Map[ftype])()
         for i, item in enumerate(data_list):
             data[i] = item
+        return self.put_dbr(name, ftype, count, data, timeout)
+
+    def put_dbr(self, name: str, ftype: int, count: int, data: Any,
+                timeout: float = DEFAULT_TIMEOUT) -> bool:
+        """``ca_array_put_callback`` of a ready ctypes buffer as DBR type `ftype`; True
+        when the server accepted it (the put's completion status)."""
         done = threading.Event()
         result: dict[str, int] = {}
 
@@ -405,7 +410,8 @@ class PyepicsClient:
             result["status"] = args.status
             done.set()
 
-        callback = dbr.make_callback(on_done, dbr.event_handler_args)
+        callback = self.epics.dbr.make_callback(on_done, self.epics.dbr.event_handler_args)
+        chid = self.pv(name).chid
         status = self.ca.libca.ca_array_put_callback(ftype, count, chid, data, callback, 0)
         if status != ECA_NORMAL:
             return False

@@ -15,7 +15,6 @@ import ctypes
 import math
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,23 +103,10 @@ def put_string(client: Any, name: str, text: str) -> bool:
         response = client.pv(name).write([text], data_type=client.ChannelType.STRING,
                                          wait=True, timeout=DEFAULT_TIMEOUT)
         return response.status.success == 1
-    pv = client.pv(name)
     dbr = client.epics.dbr
     data = (1 * dbr.string_t)()
     data[0] = ctypes.create_string_buffer(text.encode(), ctypes.sizeof(dbr.string_t))
-    done = threading.Event()
-    result: dict[str, int] = {}
-
-    def on_done(args: Any) -> None:
-        result["status"] = args.status
-        done.set()
-
-    callback = dbr.make_callback(on_done, dbr.event_handler_args)
-    if client.ca.libca.ca_array_put_callback(dbr.STRING, 1, pv.chid, data, callback, 0) != 1:
-        return False
-    client.ca.flush_io()
-    assert done.wait(DEFAULT_TIMEOUT), f"put to {name} did not complete"
-    return result["status"] == 1
+    return client.put_dbr(name, dbr.STRING, 1, data)
 
 
 def put_field(client: Any, name: str, value: Any) -> bool:
