@@ -1,39 +1,27 @@
-"""The ``relayd`` command: parse options, set up logging and signals, serve."""
+"""The ``relayd`` command: serve (the default), or one of its tools.
+
+``relayd [OPTIONS]`` parses the options, sets up logging and runs the supervisor, which
+runs the relay's processes. ``relayd autosave ...`` and ``relayd keygen ...`` are tools
+that work on files and never start a relay.
+"""
 
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 from typing import Sequence
 
 from relayd import config as configuration
 from relayd import logs
+from relayd.supervise.signals import set_title
 
 log = logging.getLogger("relayd")
-
-
-class StopFlag:
-    """Set by SIGINT/SIGTERM; the handler only records the signal, the loop acts on it."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-
-    def __call__(self) -> bool:
-        return self.signal is not None
-
-    def handle(self, signum: int, frame: object) -> None:
-        self.signal = signum
-
-    def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self.handle)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["autosave"]:
-        from relayd.autosave_cli import main as autosave_main
+        from relayd.store.cli import main as autosave_main
 
         return autosave_main(argv[1:])
     if argv[:1] == ["keygen"]:
@@ -47,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logs.setup(config.log_level)
     set_title("relayd: supervisor")
-    from relayd.supervisor import Supervisor
+    from relayd.supervise.supervisor import Supervisor
 
     code = Supervisor(config).run()
     if code == 0:
@@ -55,15 +43,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         log.error("relayd exits with code %d", code)
     return code
-
-
-def set_title(title: str) -> None:
-    try:
-        import setproctitle
-
-        setproctitle.setproctitle(title)
-    except ImportError:
-        pass
 
 
 if __name__ == "__main__":

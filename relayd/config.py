@@ -15,7 +15,8 @@ import sys
 from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
-from relayd.names import NameLimits, validate_prefix
+from relayd.core.names import NameLimits, validate_prefix
+from relayd.store.paths import default_path
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -100,8 +101,6 @@ class Config:
             return None
         if self.autosave:
             return self.autosave
-        from relayd.autosave import default_path
-
         return default_path(self.prefix)
 
     @property

@@ -121,7 +121,7 @@ def run_snippet(endpoint: str, body: str, *args: str) -> str:
 
 
 def relay_push(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "relayd.push_cli", *args],
+    return subprocess.run([sys.executable, "-m", "relayd.client.push_cli", *args],
                           capture_output=True, text=True, timeout=timeout)
 
 

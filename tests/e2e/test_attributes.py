@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import zmq
 
-from relayd import protocol
+from relayd.core import protocol
 from relayd.client import Client
 from tests.e2e._tools import full, status, wait_status_is
 from tests.harness import DEFAULT_TIMEOUT, Event, Monitor, RelayProcess, wait_for
@@ -1034,7 +1034,7 @@ def test_fields_disconnect_when_their_pv_is_deleted(client, pyepics_client, capr
 
 
 def relay_push(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "relayd.push_cli", *args],
+    return subprocess.run([sys.executable, "-m", "relayd.client.push_cli", *args],
                           capture_output=True, timeout=30)
 
 

@@ -25,7 +25,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from relayd.autosave import Store
+from relayd.store.sqlite import Store
 from relayd.client import Client
 from tests.conftest import PORTS
 from tests.harness import RelayProcess, unique_prefix, wait_for

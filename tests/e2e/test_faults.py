@@ -258,7 +258,9 @@ def test_autosave_write_failures_are_reported_and_recovered(pyepics_client, capr
         _, hard = resource.prlimit(ca_pid, resource.RLIMIT_FSIZE)
         resource.prlimit(ca_pid, resource.RLIMIT_FSIZE, (limit, hard))  # the soft limit
         limited = True
-        assert ca.put(big, data)
+        # libca for the 4 MB put: caproto's threading client writes with sendall on a
+        # non-blocking socket, which fails (EAGAIN) when the busy server reads slowly.
+        assert pyepics_client.put(big, data)
         assert ca.put(full(relay, "acked_f1"), 1.5)  # acknowledged while saving fails
         failures = wait_status(ca, relay, "autosave:failures", lambda n: n >= 2)
         assert status(ca, relay, "autosave:lastError") != ""

@@ -92,7 +92,7 @@ def stop_pusher(process: subprocess.Popen) -> tuple[str, str]:
 
 
 def relay_push(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "relayd.push_cli", *args], input=input,
+    return subprocess.run([sys.executable, "-m", "relayd.client.push_cli", *args], input=input,
                           capture_output=True, timeout=30)
 
 
@@ -209,7 +209,7 @@ def test_array_module_arrays_are_sent_packed(client, shared_relay, name):
     pvs = [name("doubles_f4"), name("ints_i3"), name("shorts_I5"), name("floats_f2"),
            name("text_c10")]
     output = push(shared_relay, f"""
-        from relayd import protocol
+        from relayd.core import protocol
         doubles, ints, shorts, floats, text = {pvs!r}
         values = {{
             doubles: array.array("d", [23.0, 0.1, 3231.123, 1e-4]),

@@ -72,11 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.disable(logging.CRITICAL)  # the relay logs every refusal; not wanted here
     with atheris.instrument_imports():
         import msgpack  # noqa: F401
-        import relayd.meta  # noqa: F401
-        import relayd.names  # noqa: F401
-        import relayd.protocol  # noqa: F401
-        import relayd.values  # noqa: F401
-        import workers.ingest  # noqa: F401
+        import relayd.core.meta  # noqa: F401
+        import relayd.core.names  # noqa: F401
+        import relayd.core.protocol  # noqa: F401
+        import relayd.core.values  # noqa: F401
+        import workers.ingest.validate  # noqa: F401
         from tests.fuzz import targets
 
     def one_input(data: bytes) -> None:

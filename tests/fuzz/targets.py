@@ -1,7 +1,7 @@
 """The decoder fuzz target, shared by the hypothesis tests and the atheris entry point.
 
 `check(data)` feeds one ZMQ message, as bytes, to what the relay runs on every message it
-receives: `relayd.protocol.decode`, then `workers.ingest.Ingest.handle` (name parsing,
+receives: `relayd.core.protocol.decode`, then `workers.ingest.validate.Ingest.handle` (name parsing,
 value conversion, attribute checks). It asserts only that
 
 * nothing but `Refused` escapes either of them, and a `Refused` from `decode` is a
@@ -21,12 +21,12 @@ import math
 
 import numpy as np
 
-from relayd import protocol
-from relayd.errors import Reason, Refused
-from relayd.meta import META_KEYS
-from relayd.names import Grammar, Kind, NameLimits
-from relayd.pipe import DELETE, META, PUT, Forward, decode_forward, encode_forward
-from workers.ingest import Ingest
+from relayd.core import protocol
+from relayd.core.errors import Reason, Refused
+from relayd.core.meta import META_KEYS
+from relayd.core.names import Grammar, Kind, NameLimits
+from relayd.supervise.pipe import DELETE, META, PUT, Forward, decode_forward, encode_forward
+from workers.ingest.validate import Ingest
 
 PREFIX = "fz"
 LIMITS = NameLimits(max_name_length=64, max_elements=1000)

@@ -1,7 +1,7 @@
 """Fuzzing the message decoder and the ingest worker's validation (hypothesis).
 
-The target (`tests.fuzz.targets.check`) runs `relayd.protocol.decode` and
-`workers.ingest.Ingest.handle` on one message and asserts that nothing but `Refused`
+The target (`tests.fuzz.targets.check`) runs `relayd.core.protocol.decode` and
+`workers.ingest.validate.Ingest.handle` on one message and asserts that nothing but `Refused`
 escapes and that every accepted op is a well-formed 5-tuple. Inputs: arbitrary bytes,
 arbitrary msgpack structures (``st.recursive``), update-shaped maps and batches whose
 every field may be wrong, and valid messages with bytes flipped, cut or appended.
@@ -33,7 +33,7 @@ import sys
 import msgpack
 from hypothesis import given, strategies as st
 
-from relayd.protocol import DTYPES
+from relayd.core.protocol import DTYPES
 from tests.fuzz import targets
 from tests.fuzz.profiles import fuzz_settings
 

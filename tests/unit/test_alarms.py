@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relayd import alarm
-from relayd.alarms import NO_ALARM, Alarm, evaluate, extremes
-from relayd.meta import Meta
+from relayd.core import menus
+from relayd.core.alarms import NO_ALARM, Alarm, evaluate, extremes
+from relayd.core.meta import Meta
 
 NAN = math.nan
-HIHI, HIGH, LOW, LOLO = alarm.STAT_HIHI, alarm.STAT_HIGH, alarm.STAT_LOW, alarm.STAT_LOLO
-NONE = alarm.STAT_NONE
-MINOR, MAJOR, INVALID = alarm.MINOR, alarm.MAJOR, alarm.INVALID
+HIHI, HIGH, LOW, LOLO = menus.STAT_HIHI, menus.STAT_HIGH, menus.STAT_LOW, menus.STAT_LOLO
+NONE = menus.STAT_NONE
+MINOR, MAJOR, INVALID = menus.MINOR, menus.MAJOR, menus.INVALID
 
 
 def run(meta: Meta, values: list) -> list[tuple[int, int]]:
@@ -57,7 +57,7 @@ def ai_check_alarms(high_value: float, low_value: float, meta: Meta, lalm: float
     alev = meta.low
     if asev and (low_value <= alev or (lalm == alev and low_value <= alev + hyst)):
         return LOW, asev, alev
-    return NONE, alarm.NO_ALARM, high_value
+    return NONE, menus.NO_ALARM, high_value
 
 
 def same_lalm(a: float, b: float) -> bool:
@@ -70,11 +70,11 @@ def same_lalm(a: float, b: float) -> bool:
 @pytest.mark.parametrize("value", [0, 1e300, -1e300, NAN, math.inf, -math.inf, 5,
                                    np.array([1e9, -1e9])])
 def test_a_new_pv_raises_no_alarm_whatever_its_value(value: object) -> None:
-    assert evaluate(value, Meta(), NAN)[:2] == (NONE, alarm.NO_ALARM)
+    assert evaluate(value, Meta(), NAN)[:2] == (NONE, menus.NO_ALARM)
 
 
 def test_no_alarm_constant() -> None:
-    assert NO_ALARM[:2] == (NONE, alarm.NO_ALARM)
+    assert NO_ALARM[:2] == (NONE, menus.NO_ALARM)
     assert math.isnan(NO_ALARM.lalm)
     assert isinstance(evaluate(1.0, Meta(high=0.0), NAN), Alarm)
 
@@ -111,14 +111,14 @@ def test_each_limit_raises_its_own_severity(limit: str, sev_field: str, value: f
     ("lolo", "llsv", -11.0),
 ])
 def test_severity_no_alarm_disables_a_limit(limit: str, sev_field: str, value: float) -> None:
-    meta = Meta(**{limit: math.copysign(10.0, value), sev_field: alarm.NO_ALARM})
-    assert evaluate(value, meta, NAN)[:2] == (NONE, alarm.NO_ALARM)
+    meta = Meta(**{limit: math.copysign(10.0, value), sev_field: menus.NO_ALARM})
+    assert evaluate(value, meta, NAN)[:2] == (NONE, menus.NO_ALARM)
 
 
 def test_a_disabled_limit_lets_the_next_one_through() -> None:
-    meta = Meta(hihi=20.0, high=10.0, hhsv=alarm.NO_ALARM)
+    meta = Meta(hihi=20.0, high=10.0, hhsv=menus.NO_ALARM)
     assert evaluate(25.0, meta, NAN)[:2] == (HIGH, MINOR)
-    meta = Meta(lolo=-20.0, low=-10.0, llsv=alarm.NO_ALARM)
+    meta = Meta(lolo=-20.0, low=-10.0, llsv=menus.NO_ALARM)
     assert evaluate(-25.0, meta, NAN)[:2] == (LOW, MINOR)
 
 
@@ -245,7 +245,7 @@ def test_infinities_alarm() -> None:
                                    np.array([], dtype=np.float64), None])
 def test_text_and_empty_values_never_alarm(value: object) -> None:
     meta = Meta(hihi=-1e300, high=-1e300, low=1e300, lolo=1e300)
-    assert evaluate(value, meta, NAN)[:2] == (NONE, alarm.NO_ALARM)
+    assert evaluate(value, meta, NAN)[:2] == (NONE, menus.NO_ALARM)
 
 
 def test_extremes() -> None:
@@ -298,7 +298,7 @@ def test_arrays_alarm_as_the_ai_record_on_their_extremes(meta: Meta, values: lis
         status, severity, ours = evaluate(value, meta, ours)
         finite = value[~np.isnan(value)]
         if not finite.size:  # as a NaN scalar: no alarm, and no hysteresis after it
-            assert (status, severity) == (NONE, alarm.NO_ALARM)
+            assert (status, severity) == (NONE, menus.NO_ALARM)
             theirs = NAN
             continue
         expected = ai_check_alarms(float(finite.max()), float(finite.min()), meta, theirs)

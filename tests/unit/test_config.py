@@ -9,7 +9,7 @@ import pytest
 
 from relayd import config
 from relayd.config import Config
-from relayd.names import NameLimits
+from relayd.core.names import NameLimits
 
 
 def write(tmp_path: Path, text: str) -> str:

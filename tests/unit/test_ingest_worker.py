@@ -1,4 +1,4 @@
-"""The ingest worker's pure part (workers.ingest.Ingest, is_local) and Stats.merge_worker."""
+"""The ingest worker's pure part (workers.ingest.validate.Ingest, is_local) and Stats.merge_worker."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relayd.errors import Reason
-from relayd.names import Grammar, NameLimits
-from relayd.pipe import DELETE, META, PUT, Forward, decode_forward, encode_forward
-from relayd.protocol import dumps, encode_update
-from relayd.relay import Stats
-from relayd.values import convert
+from relayd.core.errors import Reason
+from relayd.core.names import Grammar, NameLimits
+from relayd.supervise.pipe import DELETE, META, PUT, Forward, decode_forward, encode_forward
+from relayd.core.protocol import dumps, encode_update
+from relayd.core.stats import Stats
+from relayd.core.values import convert
 from relayd.keys import is_local
-from workers.ingest import Ingest
+from workers.ingest.validate import Ingest
 
 PREFIX = "pfx"
 ARRIVAL = 1_234_567_890_123_456_789
@@ -29,7 +29,7 @@ def make() -> Ingest:
 
 
 def expected_value(name: str, raw: object) -> object:
-    """What relayd.values.convert stores for `raw` sent to `name` (raw as decoded)."""
+    """What relayd.core.values.convert stores for `raw` sent to `name` (raw as decoded)."""
     grammar = Grammar(PREFIX, NameLimits(max_name_length=40, max_elements=1000))
     return convert(grammar.spec_for(name), raw)
 

@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relayd import alarm
-from relayd.errors import Reason, Refused
-from relayd.meta import (
+from relayd.core import menus
+from relayd.core.errors import Reason, Refused
+from relayd.core.meta import (
     CTRL_FIELDS, DEFAULT_META, FIELDS, META_KEYS, SEVERITY_MENU, STATUS_MENU, STRING_SIZE,
     Meta, apply_changes, check_changes, field_value, record_type,
 )
-from relayd.names import Grammar, NameLimits
+from relayd.core.names import Grammar, NameLimits
 
 G = Grammar("P", NameLimits(max_name_length=64, max_elements=1000))
 
@@ -67,10 +67,10 @@ def test_menus() -> None:
         assert FIELDS[name].menu == SEVERITY_MENU
     assert FIELDS["STAT"].menu == STATUS_MENU
     # menuAlarmStat: the statuses relayd raises sit at their EPICS indexes.
-    for code, text in ((alarm.STAT_NONE, "NO_ALARM"), (alarm.STAT_HIHI, "HIHI"),
-                       (alarm.STAT_HIGH, "HIGH"), (alarm.STAT_LOLO, "LOLO"),
-                       (alarm.STAT_LOW, "LOW"), (alarm.STAT_TIMEOUT, "TIMEOUT"),
-                       (alarm.STAT_UDF, "UDF")):
+    for code, text in ((menus.STAT_NONE, "NO_ALARM"), (menus.STAT_HIHI, "HIHI"),
+                       (menus.STAT_HIGH, "HIGH"), (menus.STAT_LOLO, "LOLO"),
+                       (menus.STAT_LOW, "LOW"), (menus.STAT_TIMEOUT, "TIMEOUT"),
+                       (menus.STAT_UDF, "UDF")):
         assert STATUS_MENU[code] == text
     assert all(not field.menu for field in FIELDS.values() if field.ca_type != "enum")
 
@@ -86,7 +86,7 @@ def test_defaults() -> None:
     assert (meta.hihi, meta.high, meta.low, meta.lolo) == (None, None, None, None)
     # As in pcaspy, so that a limit alone raises alarms (an ai record defaults to NO_ALARM).
     assert (meta.hhsv, meta.hsv, meta.lsv, meta.llsv) == (
-        alarm.MAJOR, alarm.MINOR, alarm.MINOR, alarm.MAJOR)
+        menus.MAJOR, menus.MINOR, menus.MINOR, menus.MAJOR)
     assert (meta.hyst, meta.tmo) == (0.0, 0.0)
     assert meta.has_limits is False
     assert meta.has_display is False
@@ -311,9 +311,9 @@ def test_all_or_nothing() -> None:
 
 
 def test_apply_changes_keeps_the_rest() -> None:
-    meta = apply_changes(Meta(egu="mm", hihi=5.0, hhsv=alarm.MINOR), {"hihi": 6})
-    assert meta == Meta(egu="mm", hihi=6.0, hhsv=alarm.MINOR)
-    assert apply_changes(meta, {"hihi": None}) == Meta(egu="mm", hhsv=alarm.MINOR)
+    meta = apply_changes(Meta(egu="mm", hihi=5.0, hhsv=menus.MINOR), {"hihi": 6})
+    assert meta == Meta(egu="mm", hihi=6.0, hhsv=menus.MINOR)
+    assert apply_changes(meta, {"hihi": None}) == Meta(egu="mm", hhsv=menus.MINOR)
 
 
 # --- has_limits, has_display, changes -------------------------------------------------------------
@@ -358,7 +358,7 @@ def test_has_flags_follow_changes() -> None:
 
 
 def test_changes_are_what_differs_from_the_defaults() -> None:
-    assert Meta(egu="mm", hihi=1.0, hhsv=alarm.MAJOR, hsv=alarm.NO_ALARM).changes() == {
+    assert Meta(egu="mm", hihi=1.0, hhsv=menus.MAJOR, hsv=menus.NO_ALARM).changes() == {
         "egu": "mm", "hihi": 1.0, "hsv": 0}
     assert Meta(hihi=0.0).changes() == {"hihi": 0.0}  # set to 0 is not unset
 

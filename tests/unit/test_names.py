@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relayd.errors import Reason, Refused
-from relayd.names import Grammar, Kind, NameLimits, PVSpec, validate_prefix
+from relayd.core.errors import Reason, Refused
+from relayd.core.names import Grammar, Kind, NameLimits, PVSpec, validate_prefix
 
 PREFIX = "P"
 G = Grammar(PREFIX)

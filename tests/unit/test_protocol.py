@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from relayd import protocol
-from relayd.errors import Reason, Refused
-from relayd.protocol import EPICS_EPOCH, TS_MAX, Decoded, Update, decode, dumps, encode_update
+from relayd.core import protocol
+from relayd.core.errors import Reason, Refused
+from relayd.core.protocol import EPICS_EPOCH, TS_MAX, Decoded, Update, decode, dumps, encode_update
 
 TS = 1_700_000_000.25
 
@@ -442,7 +442,7 @@ def test_ext_and_timestamp_values_refused() -> None:
 
 
 def test_ext_inside_a_list_is_left_to_convert() -> None:
-    """Nested exotic values are not searched for here; relayd.values.convert refuses them."""
+    """Nested exotic values are not searched for here; relayd.core.values.convert refuses them."""
     value = one({"pv": "x_f2", "value": [1, msgpack.ExtType(1, b"")]}).value
     assert value == [1, msgpack.ExtType(1, b"")]
 

@@ -8,11 +8,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from relayd import alarm
-from relayd.meta import DEFAULT_META, FIELDS, Meta
-from relayd.names import Grammar, PVSpec
-from relayd.pvstate import BufferState, PVState, new_state
-from relayd.values import convert
+from relayd.core import menus
+from relayd.core.meta import DEFAULT_META, FIELDS, Meta
+from relayd.core.names import Grammar, PVSpec
+from relayd.core.pvstate import BufferState, PVState, new_state
+from relayd.core.values import convert
 
 G = Grammar("P")
 
@@ -28,9 +28,9 @@ def put(state: PVState, raw: object, ts_ns: int = 1) -> bool:
 
 
 def test_alarm_codes() -> None:
-    assert (alarm.NO_ALARM, alarm.MINOR, alarm.MAJOR, alarm.INVALID) == (0, 1, 2, 3)
-    assert alarm.STAT_NONE == 0
-    assert alarm.STAT_UDF == 17
+    assert (menus.NO_ALARM, menus.MINOR, menus.MAJOR, menus.INVALID) == (0, 1, 2, 3)
+    assert menus.STAT_NONE == 0
+    assert menus.STAT_UDF == 17
 
 
 @pytest.mark.parametrize("suffix", ["f1", "i1", "f3", "i3", "c5", "F3", "I3", "C5"])
@@ -91,10 +91,10 @@ def test_first_put_changes_alarm_second_does_not(suffix: str, first: object, sec
     state = new_state(spec(suffix))
     assert put(state, first, ts_ns=100) is True
     assert state.defined is True
-    assert (state.severity, state.status) == (alarm.NO_ALARM, alarm.STAT_NONE)
+    assert (state.severity, state.status) == (menus.NO_ALARM, menus.STAT_NONE)
     assert state.ts_ns == 100
     assert put(state, second, ts_ns=200) is False
-    assert (state.severity, state.status) == (alarm.NO_ALARM, alarm.STAT_NONE)
+    assert (state.severity, state.status) == (menus.NO_ALARM, menus.STAT_NONE)
     assert state.ts_ns == 200
 
 
@@ -247,7 +247,7 @@ def test_a_new_pv_raises_no_alarm_whatever_its_value() -> None:
     for value in (1e300, -1e300, 0.0, math.nan):
         state = new_state(spec("f1"))
         put(state, value)
-        assert alarm_of(state) == (alarm.STAT_NONE, alarm.NO_ALARM)
+        assert alarm_of(state) == (menus.STAT_NONE, menus.NO_ALARM)
 
 
 def test_put_evaluates_the_limits_and_says_when_the_alarm_changed() -> None:
@@ -255,18 +255,18 @@ def test_put_evaluates_the_limits_and_says_when_the_alarm_changed() -> None:
     assert put(state, 5.0) is True                     # UDF -> no alarm
     assert put(state, 6.0) is False
     assert put(state, 10.0) is True
-    assert alarm_of(state) == (alarm.STAT_HIGH, alarm.MINOR)
+    assert alarm_of(state) == (menus.STAT_HIGH, menus.MINOR)
     assert put(state, 15.0) is False                   # same alarm: no change
     assert put(state, 25.0) is True
-    assert alarm_of(state) == (alarm.STAT_HIHI, alarm.MAJOR)
+    assert alarm_of(state) == (menus.STAT_HIHI, menus.MAJOR)
     assert put(state, 0.0) is True
-    assert alarm_of(state) == (alarm.STAT_NONE, alarm.NO_ALARM)
+    assert alarm_of(state) == (menus.STAT_NONE, menus.NO_ALARM)
 
 
 def test_hysteresis_across_puts() -> None:
     state = with_meta("f1", high=10.0, hyst=1.0)
-    for value, expected in ((10.5, alarm.STAT_HIGH), (9.5, alarm.STAT_HIGH),
-                            (8.5, alarm.STAT_NONE), (9.5, alarm.STAT_NONE)):
+    for value, expected in ((10.5, menus.STAT_HIGH), (9.5, menus.STAT_HIGH),
+                            (8.5, menus.STAT_NONE), (9.5, menus.STAT_NONE)):
         put(state, value)
         assert state.status == expected, value
 
@@ -274,28 +274,28 @@ def test_hysteresis_across_puts() -> None:
 def test_int_pvs_alarm() -> None:
     state = with_meta("i1", lolo=-5.0)
     put(state, -5)
-    assert alarm_of(state) == (alarm.STAT_LOLO, alarm.MAJOR)
+    assert alarm_of(state) == (menus.STAT_LOLO, menus.MAJOR)
 
 
 def test_arrays_alarm_on_highest_and_lowest_element() -> None:
     state = with_meta("f4", high=10.0, low=-10.0)
     put(state, [0.0, 11.0, 1.0])
-    assert alarm_of(state) == (alarm.STAT_HIGH, alarm.MINOR)
+    assert alarm_of(state) == (menus.STAT_HIGH, menus.MINOR)
     put(state, [0.0, -11.0])
-    assert alarm_of(state) == (alarm.STAT_LOW, alarm.MINOR)
+    assert alarm_of(state) == (menus.STAT_LOW, menus.MINOR)
     put(state, [])
-    assert alarm_of(state) == (alarm.STAT_NONE, alarm.NO_ALARM)
+    assert alarm_of(state) == (menus.STAT_NONE, menus.NO_ALARM)
 
 
 @pytest.mark.parametrize("suffix", ["F4", "I4"])
 def test_buffers_alarm_on_their_newest_element(suffix: str) -> None:
     state = with_meta(suffix, high=10.0)
     put(state, [20, 1])
-    assert alarm_of(state) == (alarm.STAT_NONE, alarm.NO_ALARM)   # 20 is not the newest
+    assert alarm_of(state) == (menus.STAT_NONE, menus.NO_ALARM)   # 20 is not the newest
     put(state, [1, 20])
-    assert alarm_of(state) == (alarm.STAT_HIGH, alarm.MINOR)
+    assert alarm_of(state) == (menus.STAT_HIGH, menus.MINOR)
     put(state, [3])
-    assert alarm_of(state) == (alarm.STAT_NONE, alarm.NO_ALARM)
+    assert alarm_of(state) == (menus.STAT_NONE, menus.NO_ALARM)
     assert state.served().tolist() == [1, 1, 20, 3]  # the alarm never changes the data
 
 
@@ -303,21 +303,21 @@ def test_buffers_alarm_on_their_newest_element(suffix: str) -> None:
 def test_text_never_alarms(suffix: str, value: str) -> None:
     state = with_meta(suffix, hihi=-1e300, high=-1e300, low=1e300, lolo=1e300)
     put(state, value)
-    assert alarm_of(state) == (alarm.STAT_NONE, alarm.NO_ALARM)
+    assert alarm_of(state) == (menus.STAT_NONE, menus.NO_ALARM)
     assert state.set_meta(Meta(hihi=0.0)) is False
-    assert alarm_of(state) == (alarm.STAT_NONE, alarm.NO_ALARM)
+    assert alarm_of(state) == (menus.STAT_NONE, menus.NO_ALARM)
 
 
 def test_set_meta_judges_the_value_by_the_new_limits() -> None:
     state = new_state(spec("f1"))
     put(state, 15.0)
     assert state.set_meta(Meta(high=10.0)) is True
-    assert alarm_of(state) == (alarm.STAT_HIGH, alarm.MINOR)
-    assert state.set_meta(Meta(high=10.0, hsv=alarm.MAJOR)) is True
-    assert alarm_of(state) == (alarm.STAT_HIGH, alarm.MAJOR)
-    assert state.set_meta(Meta(high=10.0, hsv=alarm.MAJOR, egu="mm")) is False
+    assert alarm_of(state) == (menus.STAT_HIGH, menus.MINOR)
+    assert state.set_meta(Meta(high=10.0, hsv=menus.MAJOR)) is True
+    assert alarm_of(state) == (menus.STAT_HIGH, menus.MAJOR)
+    assert state.set_meta(Meta(high=10.0, hsv=menus.MAJOR, egu="mm")) is False
     assert state.set_meta(Meta(high=20.0)) is True
-    assert alarm_of(state) == (alarm.STAT_NONE, alarm.NO_ALARM)
+    assert alarm_of(state) == (menus.STAT_NONE, menus.NO_ALARM)
     assert state.meta == Meta(high=20.0)
     assert state.served() == 15.0  # attributes never change the value or its time
     assert state.ts_ns == 1
@@ -326,7 +326,7 @@ def test_set_meta_judges_the_value_by_the_new_limits() -> None:
 def test_set_meta_of_an_undefined_pv_keeps_it_undefined() -> None:
     state = new_state(spec("f1"))
     assert state.set_meta(Meta(high=-1.0, egu="mm")) is False
-    assert alarm_of(state) == (alarm.STAT_UDF, alarm.INVALID)
+    assert alarm_of(state) == (menus.STAT_UDF, menus.INVALID)
     assert state.meta.egu == "mm"
 
 
@@ -336,9 +336,9 @@ def test_unrelated_attributes_keep_an_alarm_held_by_hysteresis() -> None:
     state = with_meta("f1", high=10.0, hyst=1.0)
     put(state, 10.5)
     put(state, 9.5)
-    assert alarm_of(state) == (alarm.STAT_HIGH, alarm.MINOR)
+    assert alarm_of(state) == (menus.STAT_HIGH, menus.MINOR)
     state.set_meta(replace(state.meta, egu="mm"))
-    assert alarm_of(state) == (alarm.STAT_HIGH, alarm.MINOR)
+    assert alarm_of(state) == (menus.STAT_HIGH, menus.MINOR)
 
 
 def test_meta_changes_with_a_value_keep_hysteresis() -> None:
@@ -347,17 +347,17 @@ def test_meta_changes_with_a_value_keep_hysteresis() -> None:
     put(state, 10.5)
     state.meta = replace(state.meta, egu="mm")
     put(state, 9.5)
-    assert alarm_of(state) == (alarm.STAT_HIGH, alarm.MINOR)
+    assert alarm_of(state) == (menus.STAT_HIGH, menus.MINOR)
 
 
 def test_go_stale_once() -> None:
     state = with_meta("f1", tmo=1.0)
     assert state.go_stale() is False  # never defined: nothing to time out
-    assert alarm_of(state) == (alarm.STAT_UDF, alarm.INVALID)
+    assert alarm_of(state) == (menus.STAT_UDF, menus.INVALID)
     put(state, 2.5, ts_ns=77)
     assert state.go_stale() is True
     assert state.stale is True
-    assert alarm_of(state) == (alarm.STAT_TIMEOUT, alarm.INVALID)
+    assert alarm_of(state) == (menus.STAT_TIMEOUT, menus.INVALID)
     assert state.go_stale() is False
     assert (state.served(), state.ts_ns) == (2.5, 77)  # value and time stamp unchanged
 
@@ -368,10 +368,10 @@ def test_the_next_value_clears_staleness() -> None:
     state.go_stale()
     assert put(state, 20.0) is True  # TIMEOUT -> HIGH is an alarm change
     assert state.stale is False
-    assert alarm_of(state) == (alarm.STAT_HIGH, alarm.MINOR)
+    assert alarm_of(state) == (menus.STAT_HIGH, menus.MINOR)
     state.go_stale()
     assert put(state, 1.0) is True
-    assert alarm_of(state) == (alarm.STAT_NONE, alarm.NO_ALARM)
+    assert alarm_of(state) == (menus.STAT_NONE, menus.NO_ALARM)
 
 
 def test_put_records_its_arrival_time() -> None:
@@ -385,12 +385,12 @@ def test_attributes_do_not_end_a_staleness_unless_tmo_is_turned_off() -> None:
     put(state, 20.0)
     state.go_stale()
     assert state.set_meta(replace(state.meta, egu="mm", high=30.0)) is False
-    assert alarm_of(state) == (alarm.STAT_TIMEOUT, alarm.INVALID)
+    assert alarm_of(state) == (menus.STAT_TIMEOUT, menus.INVALID)
     assert state.set_meta(replace(state.meta, tmo=5.0)) is False
     assert state.stale is True
     assert state.set_meta(replace(state.meta, tmo=0.0)) is True
     assert state.stale is False
-    assert alarm_of(state) == (alarm.STAT_NONE, alarm.NO_ALARM)  # judged afresh: 20 < 30
+    assert alarm_of(state) == (menus.STAT_NONE, menus.NO_ALARM)  # judged afresh: 20 < 30
 
 
 @pytest.mark.parametrize("suffix, value, nelm, nord, rtyp", [
@@ -412,24 +412,24 @@ def test_read_only_fields(suffix: str, value: object, nelm: int, nord: int, rtyp
     assert state.field("NELM") == nelm
     assert state.field("NORD") == nord
     assert state.field("RTYP") == rtyp
-    assert (state.field("SEVR"), state.field("STAT")) == (alarm.NO_ALARM, alarm.STAT_NONE)
+    assert (state.field("SEVR"), state.field("STAT")) == (menus.NO_ALARM, menus.STAT_NONE)
 
 
 def test_sevr_and_stat_fields_follow_the_alarm() -> None:
     state = with_meta("f1", hihi=1.0, tmo=1.0)
-    assert (state.field("SEVR"), state.field("STAT")) == (alarm.INVALID, alarm.STAT_UDF)
+    assert (state.field("SEVR"), state.field("STAT")) == (menus.INVALID, menus.STAT_UDF)
     put(state, 2.0)
-    assert (state.field("SEVR"), state.field("STAT")) == (alarm.MAJOR, alarm.STAT_HIHI)
+    assert (state.field("SEVR"), state.field("STAT")) == (menus.MAJOR, menus.STAT_HIHI)
     state.go_stale()
-    assert (state.field("SEVR"), state.field("STAT")) == (alarm.INVALID, alarm.STAT_TIMEOUT)
+    assert (state.field("SEVR"), state.field("STAT")) == (menus.INVALID, menus.STAT_TIMEOUT)
 
 
 def test_writable_fields_read_the_attributes() -> None:
     state = with_meta("f1", egu="mm", prec=3, desc="d", hopr=9.0, lopr=-9.0, drvh=5.0,
-                      drvl=-5.0, high=4.0, hhsv=alarm.INVALID, hyst=0.5, tmo=2.0)
+                      drvl=-5.0, high=4.0, hhsv=menus.INVALID, hyst=0.5, tmo=2.0)
     expected = {"EGU": "mm", "PREC": 3, "DESC": "d", "HOPR": 9.0, "LOPR": -9.0, "DRVH": 5.0,
                 "DRVL": -5.0, "HIHI": 0.0, "HIGH": 4.0, "LOW": 0.0, "LOLO": 0.0,
-                "HHSV": alarm.INVALID, "HSV": alarm.MINOR, "LSV": alarm.MINOR,
-                "LLSV": alarm.MAJOR, "HYST": 0.5, "TMO": 2.0}
+                "HHSV": menus.INVALID, "HSV": menus.MINOR, "LSV": menus.MINOR,
+                "LLSV": menus.MAJOR, "HYST": 0.5, "TMO": 2.0}
     assert {name: state.field(name) for name in expected} == expected
     assert set(expected) | {"NELM", "NORD", "RTYP", "SEVR", "STAT"} == set(FIELDS)

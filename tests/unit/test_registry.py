@@ -1,14 +1,14 @@
-"""PVs and placeholders of one relay (relayd.registry.Registry)."""
+"""PVs and placeholders of one relay (relayd.core.registry.Registry)."""
 
 from __future__ import annotations
 
 import pytest
 
-from relayd import alarm
-from relayd.errors import Reason, Refused
-from relayd.names import Grammar, NameLimits, PVSpec
-from relayd.pvstate import BufferState, PVState
-from relayd.registry import Registry
+from relayd.core import menus
+from relayd.core.errors import Reason, Refused
+from relayd.core.names import Grammar, NameLimits, PVSpec
+from relayd.core.pvstate import BufferState, PVState
+from relayd.core.registry import Registry
 
 G = Grammar("P")
 
@@ -75,7 +75,7 @@ def test_attach_creates_an_undefined_placeholder() -> None:
     assert isinstance(pv.state, BufferState)
     assert pv.state.spec == PVSpec("P:x_F3", spec("P:x_F3").kind, 3, True)
     assert pv.state.defined is False
-    assert (pv.state.severity, pv.state.status) == (alarm.INVALID, alarm.STAT_UDF)
+    assert (pv.state.severity, pv.state.status) == (menus.INVALID, menus.STAT_UDF)
     assert registry.placeholders == {"P:x_F3": pv}
     assert registry.pvs == {}
     assert len(registry) == 0

@@ -1,17 +1,18 @@
-"""The one place a put becomes a change (relayd.relay.Relay and Stats)."""
+"""The one place a put becomes a change (relayd.core.writes.Relay and Stats)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from relayd import alarm
-from relayd.errors import Reason, Refused
-from relayd.meta import Meta
-from relayd.names import Grammar, NameLimits
-from relayd.pvstate import PVState
-from relayd.registry import Registry
-from relayd.relay import Relay, Stats
+from relayd.core import menus
+from relayd.core.errors import Reason, Refused
+from relayd.core.meta import Meta
+from relayd.core.names import Grammar, NameLimits
+from relayd.core.pvstate import PVState
+from relayd.core.registry import Registry
+from relayd.core.stats import Stats
+from relayd.core.writes import Relay
 
 
 class Holder:
@@ -53,7 +54,7 @@ def test_put_creates_and_defines() -> None:
     assert relay.registry.get("P:x_f1") is pv
     assert pv.state.served() == 2.5
     assert pv.state.ts_ns == 1000
-    assert (pv.state.severity, pv.state.status) == (alarm.NO_ALARM, alarm.STAT_NONE)
+    assert (pv.state.severity, pv.state.status) == (menus.NO_ALARM, menus.STAT_NONE)
     again, alarm_changed = relay.put("x_f1", 3.5, 2000)
     assert again is pv
     assert alarm_changed is False
@@ -137,7 +138,7 @@ def test_refused_put_changes_nothing_already_there(name: str, good: object, bad:
     else:
         assert now == served
     assert pv.state.ts_ns == 10
-    assert (pv.state.severity, pv.state.status) == (alarm.NO_ALARM, alarm.STAT_NONE)
+    assert (pv.state.severity, pv.state.status) == (menus.NO_ALARM, menus.STAT_NONE)
 
 
 def test_refused_put_leaves_a_placeholder_undefined() -> None:
@@ -147,7 +148,7 @@ def test_refused_put_leaves_a_placeholder_undefined() -> None:
     assert relay.registry.placeholders == {"P:w_i1": watched}
     assert relay.registry.pvs == {}
     assert watched.state.defined is False
-    assert (watched.state.severity, watched.state.status) == (alarm.INVALID, alarm.STAT_UDF)
+    assert (watched.state.severity, watched.state.status) == (menus.INVALID, menus.STAT_UDF)
 
 
 def test_pv_limit_refuses_new_names_only() -> None:
@@ -183,7 +184,7 @@ def test_apply_sets_attributes_before_judging_the_value() -> None:
     spec = relay.grammar.spec_for("x_f1")
     pv, alarm_changed = relay.apply(spec, 25.0, 10, 0.0, {"hihi": 20.0, "egu": "mm"})
     assert alarm_changed is True
-    assert (pv.state.status, pv.state.severity) == (alarm.STAT_HIHI, alarm.MAJOR)
+    assert (pv.state.status, pv.state.severity) == (menus.STAT_HIHI, menus.MAJOR)
     assert pv.state.meta == Meta(hihi=20.0, egu="mm")
     pv, alarm_changed = relay.apply(spec, 26.0, 11, 0.0, {})
     assert alarm_changed is False
@@ -203,7 +204,7 @@ def test_set_meta_of_an_existing_pv() -> None:
     relay.put("x_f1", 15.0, 1)
     pv, alarm_changed = relay.set_meta("P:x_f1", {"high": 10.0})
     assert alarm_changed is True
-    assert (pv.state.status, pv.state.severity) == (alarm.STAT_HIGH, alarm.MINOR)
+    assert (pv.state.status, pv.state.severity) == (menus.STAT_HIGH, menus.MINOR)
     pv, alarm_changed = relay.set_meta("P:x_f1", {"desc": "the x"})
     assert alarm_changed is False
     assert pv.state.meta == Meta(high=10.0, desc="the x")

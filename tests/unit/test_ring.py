@@ -1,4 +1,4 @@
-"""The fixed-capacity right-appending buffer (relayd.ring.Ring)."""
+"""The fixed-capacity right-appending buffer (relayd.core.ring.Ring)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relayd.ring import Ring
+from relayd.core.ring import Ring
 
 
 def ints(*values: int) -> np.ndarray:

@@ -14,13 +14,13 @@ import math
 import numpy as np
 import pytest
 
-from relayd import alarm
-from relayd.errors import Reason, Refused
-from relayd.meta import DEFAULT_META, Meta, apply_changes
-from relayd.names import Grammar, Kind, PVSpec
-from relayd.pvstate import PVState, new_state
-from relayd.saved import SavedPV, from_json, from_state, make, restore, to_json
-from relayd.values import convert
+from relayd.core import menus
+from relayd.core.errors import Reason, Refused
+from relayd.core.meta import DEFAULT_META, Meta, apply_changes
+from relayd.core.names import Grammar, Kind, PVSpec
+from relayd.core.pvstate import PVState, new_state
+from relayd.store.rows import SavedPV, from_json, from_state, make, restore, to_json
+from relayd.core.values import convert
 
 G = Grammar("P")
 TS = 1_700_000_000_123_456_789  # a source time stamp with every nanosecond digit used
@@ -117,7 +117,7 @@ def test_state_round_trip(suffix: str, puts: list, served: object) -> None:
         if isinstance(served, float):
             assert math.copysign(1, copy.served()) == math.copysign(1, served)  # -0.0 kept
     assert copy.ts_ns == TS
-    assert (copy.severity, copy.status) == (alarm.NO_ALARM, alarm.STAT_NONE)
+    assert (copy.severity, copy.status) == (menus.NO_ALARM, menus.STAT_NONE)
 
 
 @pytest.mark.parametrize("suffix, puts, served", CASES, ids=IDS)
@@ -175,20 +175,20 @@ def test_json_forms() -> None:
 
 ATTRS = {"egu": "mbar", "prec": 3, "desc": "chamber pressure", "hopr": 1e3, "lopr": -1.0,
          "drvh": 900.0, "drvl": 1e-9, "hihi": 100.0, "high": 50.0, "low": 1e-6,
-         "lolo": 1e-8, "hhsv": alarm.INVALID, "hsv": alarm.MAJOR, "lsv": alarm.NO_ALARM,
-         "llsv": alarm.MINOR, "hyst": 0.5, "tmo": 2.5}
+         "lolo": 1e-8, "hhsv": menus.INVALID, "hsv": menus.MAJOR, "lsv": menus.NO_ALARM,
+         "llsv": menus.MINOR, "hyst": 0.5, "tmo": 2.5}
 
 
 def test_attributes_round_trip() -> None:
     meta = apply_changes(DEFAULT_META, ATTRS)
     original = live("f1", 75.0, meta=meta)
-    assert (original.severity, original.status) == (alarm.MAJOR, alarm.STAT_HIGH)
+    assert (original.severity, original.status) == (menus.MAJOR, menus.STAT_HIGH)
     saved = from_state(original)
     assert saved.attrs == ATTRS
     for copy in (rebuilt(saved), rebuilt(through_json(saved))):
         assert copy.meta == meta
         # The alarm follows from the restored value and limits.
-        assert (copy.severity, copy.status) == (alarm.MAJOR, alarm.STAT_HIGH)
+        assert (copy.severity, copy.status) == (menus.MAJOR, menus.STAT_HIGH)
 
 
 def test_only_attributes_that_differ_from_the_defaults_are_kept() -> None:
@@ -200,14 +200,14 @@ def test_only_attributes_that_differ_from_the_defaults_are_kept() -> None:
 def test_an_unset_limit_stays_unset() -> None:
     meta = apply_changes(apply_changes(DEFAULT_META, {"high": 5.0}), {"high": None})
     copy = rebuilt(through_json(from_state(live("f1", 10.0, meta=meta))))
-    assert copy.meta.high is None and copy.severity == alarm.NO_ALARM
+    assert copy.meta.high is None and copy.severity == menus.NO_ALARM
 
 
 @pytest.mark.parametrize("suffix, value, attrs, severity, status", [
-    ("f1", 200.0, {"hihi": 100.0}, alarm.MAJOR, alarm.STAT_HIHI),
-    ("i1", -5, {"low": 0.0, "lsv": "MINOR"}, alarm.MINOR, alarm.STAT_LOW),
-    ("f3", [1.0, 2.0, -50.0], {"lolo": -10.0}, alarm.MAJOR, alarm.STAT_LOLO),
-    ("F3", [200.0, 1.0], {"hihi": 100.0}, alarm.NO_ALARM, alarm.STAT_NONE),  # newest counts
+    ("f1", 200.0, {"hihi": 100.0}, menus.MAJOR, menus.STAT_HIHI),
+    ("i1", -5, {"low": 0.0, "lsv": "MINOR"}, menus.MINOR, menus.STAT_LOW),
+    ("f3", [1.0, 2.0, -50.0], {"lolo": -10.0}, menus.MAJOR, menus.STAT_LOLO),
+    ("F3", [200.0, 1.0], {"hihi": 100.0}, menus.NO_ALARM, menus.STAT_NONE),  # newest counts
 ])
 def test_alarm_state_is_restored(suffix, value, attrs, severity, status) -> None:
     original = live(suffix, value, meta=apply_changes(DEFAULT_META, attrs))

@@ -1,15 +1,15 @@
-"""Which PVs went stale (relayd.staleness.StaleWatch); times are passed in."""
+"""Which PVs went stale (relayd.core.staleness.StaleWatch); times are passed in."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import replace
 
-from relayd import alarm
-from relayd.meta import Meta
-from relayd.names import Grammar
-from relayd.pvstate import PVState, new_state
-from relayd.staleness import StaleWatch
+from relayd.core import menus
+from relayd.core.meta import Meta
+from relayd.core.names import Grammar
+from relayd.core.pvstate import PVState, new_state
+from relayd.core.staleness import StaleWatch
 
 G = Grammar("P")
 
@@ -33,7 +33,7 @@ def set_tmo(pv: PVState, tmo: float) -> None:
 
 
 def is_stale(pv: PVState) -> bool:
-    return pv.stale and (pv.status, pv.severity) == (alarm.STAT_TIMEOUT, alarm.INVALID)
+    return pv.stale and (pv.status, pv.severity) == (menus.STAT_TIMEOUT, menus.INVALID)
 
 
 def test_nothing_watched() -> None:
@@ -60,7 +60,7 @@ def test_the_deadline_is_tmo_after_the_last_value() -> None:
     assert len(watch) == 1
     assert watch.next_deadline() == 12.0
     assert watch.expired(11.99) == []
-    assert not pv.stale and pv.severity == alarm.NO_ALARM
+    assert not pv.stale and pv.severity == menus.NO_ALARM
     assert watch.expired(12.0) == [pv]
     assert is_stale(pv)
 
@@ -107,7 +107,7 @@ def test_expired_once_per_staleness() -> None:
         assert watch.expired(now) == []
     assert is_stale(pv)
     put(pv, 100.5)                      # the next value clears it...
-    assert not pv.stale and (pv.status, pv.severity) == (alarm.STAT_NONE, alarm.NO_ALARM)
+    assert not pv.stale and (pv.status, pv.severity) == (menus.STAT_NONE, menus.NO_ALARM)
     watch.watch(pv, 100.5)
     assert watch.expired(101.4) == []
     assert watch.expired(101.5) == [pv]  # ...and it can go stale again
@@ -156,7 +156,7 @@ def test_a_pv_never_given_a_value_is_never_stale() -> None:
     watch.watch(pv, 0.0)
     assert watch.expired(10.0) == []
     assert not pv.stale
-    assert (pv.status, pv.severity) == (alarm.STAT_UDF, alarm.INVALID)  # still undefined
+    assert (pv.status, pv.severity) == (menus.STAT_UDF, menus.INVALID)  # still undefined
 
 
 def test_tmo_turned_off_stops_watching() -> None:
@@ -177,7 +177,7 @@ def test_tmo_turned_off_while_stale_ends_the_staleness() -> None:
     assert watch.expired(1.0) == [pv]
     set_tmo(pv, 0.0)
     assert not pv.stale
-    assert (pv.status, pv.severity) == (alarm.STAT_NONE, alarm.NO_ALARM)
+    assert (pv.status, pv.severity) == (menus.STAT_NONE, menus.NO_ALARM)
     assert watch.expired(100.0) == []
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from relayd.errors import Reason, Refused
-from relayd.names import Grammar, NameLimits
-from relayd.registry import Registry
-from relayd.relay import Relay
-from relayd.status import STATUS_PVS
+from relayd.core.errors import Reason, Refused
+from relayd.core.names import Grammar, NameLimits
+from relayd.core.registry import Registry
+from relayd.core.writes import Relay
+from relayd.core.status import STATUS_PVS
 
 PREFIXES = ["relay", "P", "lab:bl1", "x_f1", "a-b_c2", "X_F10"]
 CONTROL_SUFFIXES = ["pvlist", "delpv"]

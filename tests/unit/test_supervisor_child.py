@@ -1,4 +1,4 @@
-"""The lifecycle table of one child (relayd.supervisor.Child), row by row, with values only."""
+"""The lifecycle table of one child (relayd.supervise.supervisor.Child), row by row, with values only."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-from relayd.child import BOOT_FAILED
-from relayd.supervisor import (
+from relayd.supervise.child import BOOT_FAILED
+from relayd.supervise.supervisor import (
     BACKOFF_FIRST, BACKOFF_MAX, MAX_BOOT_TRIES, STABLE, Child, describe_exit,
 )
 

@@ -1,4 +1,4 @@
-"""What each dtype accepts and the form it is stored in (relayd.values.convert)."""
+"""What each dtype accepts and the form it is stored in (relayd.core.values.convert)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relayd.errors import Reason, Refused
-from relayd.names import Grammar, PVSpec
-from relayd.values import INT32_MAX, INT32_MIN, convert
+from relayd.core.errors import Reason, Refused
+from relayd.core.names import Grammar, PVSpec
+from relayd.core.values import INT32_MAX, INT32_MIN, convert
 
 G = Grammar("P")
 

@@ -1,0 +1,189 @@
+"""The CA server process: serves every PV and applies what the ingest worker forwards.
+
+One loop, one thread doing the relay's work (a second thread only wakes it, see
+`wakeup`):
+
+1. ``cas.process`` lets the CA library answer searches, reads, puts and send monitor
+   events. It waits for network traffic up to IDLE seconds, or not at all (two quick
+   turns) while ingest data is waiting; the wake-up thread interrupts the wait when the
+   pipe fills.
+2. The pipe is drained for at most INGEST_BUDGET seconds, then CA gets its turn again:
+   heavy ingest is interleaved with CA service, it never starves clients.
+3. Once per second or so: heartbeat to the supervisor, restart counts from it, status
+   PVs, pipe backlog.
+
+On SIGTERM the loop stops, applies what is still in the pipe (bounded by DRAIN_ON_STOP),
+and exits.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import logging
+import os
+import socket
+import time
+
+from pcaspy import cas
+
+from relayd.store.sqlite import Store
+from relayd.store.writer import Autosaver
+from relayd.ca.apply import PipeIngest
+from relayd.ca.server import CAServer
+from relayd.config import Config
+from relayd.core.errors import BootError
+from relayd.ca.epics_env import raise_max_array_bytes
+from relayd.supervise.child import ChildEnv
+from relayd.supervise.pipe import PipeReader, backlog
+from relayd.ca.wakeup import Wakeup
+
+log = logging.getLogger("relayd.ca")
+
+IDLE = 0.2  # longest wait in the CA library when nothing happens, seconds
+INGEST_BUDGET = 0.002  # longest stretch of applying ingest before serving CA again
+CYCLE_UPDATES = 2000  # most updates applied between two turns of the CA library
+HOUSEKEEPING = 0.5  # seconds between heartbeats and lifeline checks
+DRAIN_ON_STOP = 2.0  # seconds allowed to apply what is left in the pipe when stopping
+# The garbage collector is told to leave the PVs alone (`gc.freeze`) after restore and
+# each time the relay holds this many PVs more than ever before.
+FREEZE_STEP = 1000
+
+
+def check_ca_port(environ: dict[str, str] = os.environ) -> None:
+    """Fail with a one-line reason if pcas could not bind its UDP port.
+
+    pcas aborts the whole process (an uncaught C++ exception) when it cannot bind, which
+    the supervisor could not tell from a crash. Binding the same way first (with
+    SO_REUSEADDR, as pcas does, so that several CA servers may share the port) turns
+    that into a clear boot failure.
+    """
+    port = int(environ.get("EPICS_CAS_SERVER_PORT") or environ.get("EPICS_CA_SERVER_PORT") or 5064)
+    interfaces = (environ.get("EPICS_CAS_INTF_ADDR_LIST") or "0.0.0.0").split()
+    for interface in interfaces:
+        host = interface.split(":")[0]
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+        except OSError as error:
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            if error.errno == errno.EADDRINUSE:
+                reason += " by a program that does not share it"
+            raise BootError(f"cannot use CA port {host}:{port}: {reason}") from None
+        finally:
+            probe.close()
+
+
+def run(env: ChildEnv) -> None:
+    """Serve until told to stop or until the supervisor goes away."""
+    config, pipe, pipe_writer = env.config, env.pipe, env.pipe_writer
+    lifeline, stopping = env.lifeline, env.stopping
+    raise_max_array_bytes(config)
+    check_ca_port()
+    load_access_security(config)
+    store = open_store(config)
+    server = CAServer(config)
+    if store is not None:
+        server.restore(store.load(), progress=lambda: lifeline.send(beat=True))
+        server.autosaver = Autosaver(store, config.autosave_interval)
+        server.relay.stats.autosave = server.autosaver.status
+    # PVs live long, and a PV is freed by reference counting when it is deleted (it is in
+    # no reference cycle): keep the garbage collector from walking them again and again.
+    # A full collection over 100,000 PVs' objects takes tens of milliseconds, which
+    # showed in CA creation rates and read latencies while the relay grew. Freezing
+    # only at new highs bounds what a freeze could ever pin (a cycle that happened to
+    # be garbage at that moment) to a few hundred freezes over the relay's life.
+    gc.collect()
+    gc.freeze()
+    pvs = server.relay.registry.pvs
+    frozen_at = len(pvs)
+    reader = PipeReader(pipe)
+    ingest = PipeIngest(server, reader)
+    wakeup = Wakeup(reader.fileno()).start()
+    stats = server.relay.stats
+    log.info("serving PVs %s:<name>_<dtype><count> over Channel Access", config.prefix)
+    lifeline.send(ready=True)
+    next_housekeeping = 0.0
+    next_refresh = time.monotonic() + config.status_interval
+    empty = True
+    watch = server.stale_watch
+    try:
+        while not stopping():
+            wait = IDLE if empty else 0.0
+            deadline = watch.next_deadline()
+            if deadline is not None:
+                wait = max(0.0, min(wait, deadline - time.monotonic()))
+            if wait > 0:
+                wakeup.waiting(True)
+                cas.process(wait)
+                wakeup.waiting(False)
+            else:
+                # Busy with ingest: two turns of the CA library, because pcas reads a
+                # request in one turn and sends the answer in the next; one turn per
+                # ingest stretch would make every read wait one stretch more.
+                cas.process(0.0)
+                cas.process(0.0)
+            empty = ingest.drain(CYCLE_UPDATES, INGEST_BUDGET)
+            if len(pvs) >= frozen_at + FREEZE_STEP:
+                gc.freeze()
+                frozen_at = len(pvs)
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                server.check_stale(now)
+            if server.autosaver is not None:
+                server.autosaver.tick(now)
+            server.end_cycle()
+            if now >= next_housekeeping:
+                next_housekeeping = now + HOUSEKEEPING
+                lifeline.send(beat=True)
+                for message in lifeline.receive():
+                    if "restarts" in message:
+                        stats.restarts = dict(message["restarts"])
+                if lifeline.closed:
+                    log.warning("the supervisor has gone; stopping")
+                    break
+            if now >= next_refresh:
+                next_refresh = now + config.status_interval
+                if pipe_writer is not None:
+                    stats.pipe_backlog = backlog(pipe_writer)
+                server.control.refresh(time.time_ns())
+        deadline = time.monotonic() + DRAIN_ON_STOP
+        while not ingest.drain(CYCLE_UPDATES, INGEST_BUDGET) and time.monotonic() < deadline:
+            cas.process(0.0)
+    finally:
+        wakeup.stop()
+        if server.autosaver is not None:
+            if server.autosaver.stop():
+                log.info("autosave: every change written to %s", store.path)  # type: ignore[union-attr]
+            else:
+                log.error("autosave: changes could not be written to %s: %s",
+                          store.path, server.autosaver.status.last_error)  # type: ignore[union-attr]
+        server.close()
+    log.info("CA server stopped")
+
+
+def load_access_security(config: Config) -> None:
+    """Load the ACF, if one is given, before any PV exists; `BootError` if it will not load."""
+    if not config.access_security:
+        return
+    path = config.access_security
+    if not os.path.isfile(path):
+        raise BootError(f"access security file {path} does not exist")
+    status = cas.asInitFile(path, "")
+    if status != 0:
+        raise BootError(f"access security file {path} could not be loaded (see the "
+                        f"messages above; asInitFile status {status})")
+    cas.asCaStart()
+    log.info("CA access security from %s", path)
+
+
+def open_store(config: Config) -> Store | None:
+    """The autosave store, or None when autosave is off; `BootError` if unusable."""
+    path = config.autosave_path
+    if path is None:
+        log.info("autosave is off")
+        return None
+    store = Store.open(path, reset=config.autosave_reset)
+    log.info("autosave: %s, written every %.1f s", path, config.autosave_interval)
+    return store

@@ -1,0 +1,260 @@
+"""The CA server: answers searches, attaches channels and routes puts to the relay.
+
+`CAServer` is the pcaspy ``caServer`` of one relay and the handler of its relay PVs. It
+holds no state of its own beyond what it is given: the `Relay` (pure write logic and
+registry) and the `ControlPVs`. pcaspy's module-level registry (``pcaspy.driver.manager``)
+is never used; each relay's PVs live in its own `Registry`, and each CA server runs in a
+process of its own (see `ca_process`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from pcaspy import cas
+
+from relayd.store.writer import Autosaver
+from relayd.ca.pvs import DBE_ALL, DBE_VALUE_LOG, FieldPV, ServedPV, guarded, put_source
+from relayd.config import Config
+from relayd.ca.control import ControlPVs
+from relayd.core.errors import Reason, Refused
+from relayd.logs import RateLimitedLog
+from relayd.core.meta import FIELDS, Field, Meta, check_changes
+from relayd.core.names import Grammar
+from relayd.core.pvstate import PVState
+from relayd.core.registry import Registry
+from relayd.core.writes import Relay
+from relayd.store.rows import SavedPV
+from relayd.store.rows import restore as restore_pieces
+from relayd.core.staleness import StaleWatch
+from relayd.ca import gdd as ca_gdd
+
+log = logging.getLogger("relayd.ca")
+
+# The CA status a client gets back for each refusal. Clients report any of these as a
+# failed put (ECA_PUTFAIL); the reason itself is in the log and the status PVs.
+# Access security groups (ASG) of the relay's PVs; an ACF without one of them puts those
+# PVs in its DEFAULT group.
+ASG_RELAY = "RELAY"  # relay PVs, placeholders and their fields: write = create/put
+ASG_DELETE = "DELETE"  # <prefix>:delpv
+ASG_STATUS = "STATUS"  # <prefix>:pvlist and the status PVs (read-only anyway)
+
+PUT_STATUS = {
+    Reason.BAD_VALUE: cas.S_cas_noConvert,
+    Reason.TOO_MANY_ELEMENTS: cas.S_cas_badElementCount,
+    Reason.PV_LIMIT: cas.S_cas_noMemory,
+    Reason.NO_SUCH_PV: cas.S_casApp_pvNotFound,
+    Reason.READ_ONLY: cas.S_cas_noWrite,
+}
+
+
+class CAServer(cas.caServer):
+    """The CA server of one relay."""
+
+    def __init__(self, config: Config):
+        cas.caServer.__init__(self)
+        # Access security groups are assigned to each PV as it is made (see SECURITY.md).
+        self.access_security = bool(config.access_security)
+        grammar = Grammar(config.prefix, config.name_limits)
+        registry: Registry[ServedPV] = Registry(
+            grammar, self._new_pv, config.max_pvs, config.max_placeholders,
+            Meta(tmo=config.stale_timeout), config.max_total_bytes,
+        )
+        self.relay: Relay[ServedPV] = Relay(grammar, registry)
+        self.control = ControlPVs(config, self.relay, self.delete, self.report)
+        if self.access_security:
+            self.control.delpv.setAccessSecurityGroup(ASG_DELETE)
+            for pv in self.control.computed:
+                pv.setAccessSecurityGroup(ASG_STATUS)
+        self.stale_watch = StaleWatch()
+        self.autosaver: Autosaver | None = None  # set by the CA process when enabled
+        self._refusals = RateLimitedLog(log)
+        # PVs dropped while the CA library may still be inside a call on them; they are
+        # freed (and their clients disconnected) after the current processing cycle.
+        self._graveyard: list[Any] = []
+
+    def _new_pv(self, state: PVState) -> ServedPV:
+        pv = ServedPV(state, self)
+        if self.access_security:
+            pv.setAccessSecurityGroup(ASG_RELAY)
+        return pv
+
+    def report(self, refused: Refused, source: str) -> int:
+        """Count and log (rate-limited) a refusal; return the CA status for it."""
+        text = self.relay.stats.count_refusal(refused, source)
+        self._refusals.warning(refused.reason, "refused %s", text)
+        return PUT_STATUS.get(refused.reason, cas.S_cas_noConvert)
+
+    # --- called by the CA server library -------------------------------------------
+
+    @guarded(cas.pverDoesNotExistHere)
+    def pvExistTest(self, ctx: Any, address: Any, name: str) -> int:
+        if name in self.relay.registry.pvs or name in self.control.by_name:
+            return cas.pverExistsHere
+        try:
+            if "." in name:
+                found = self._field(name) is not None
+            else:
+                found = self.relay.registry.search(name)
+        except Refused as refused:
+            self.report(refused, "CA search")
+            return cas.pverDoesNotExistHere
+        return cas.pverExistsHere if found else cas.pverDoesNotExistHere
+
+    @guarded(cas.S_casApp_pvNotFound)
+    def pvAttach(self, ctx: Any, name: str) -> Any:
+        pv = self.control.get(name)
+        if pv is not None:
+            return pv
+        try:
+            if "." in name:
+                found = self._field(name)
+                if found is None:
+                    return cas.S_casApp_pvNotFound
+                pv, field = found
+                return pv if field is None else pv.field_pv(field)
+            pv = self.relay.registry.attach(name)
+        except Refused as refused:
+            self.report(refused, "CA connect")
+            return cas.S_casApp_pvNotFound
+        return pv if pv is not None else cas.S_casApp_pvNotFound
+
+    def _field(self, name: str) -> tuple[ServedPV, Field | None] | None:
+        """(PV, field) for ``NAME.FIELD`` (field None for VAL); None if not ours.
+
+        An unknown field is not answered. A known field of a name that holds no PV
+        (yet) is refused: fields exist only once their PV does.
+        """
+        base, _, field_name = name.rpartition(".")
+        field = FIELDS.get(field_name)
+        if field is None and field_name != "VAL":
+            return None
+        if self.relay.grammar.parse(base) is None:
+            return None
+        pv = self.relay.registry.get(base)
+        if pv is None:
+            raise Refused(Reason.NO_SUCH_PV, f"{name}: field of a PV that does not exist (yet)")
+        return pv, field
+
+    # --- Handler of relay PVs ------------------------------------------------------
+
+    def ca_put(self, pv: ServedPV, client: Any, value: cas.gdd) -> int:
+        spec = pv.state.spec
+        try:
+            if self.relay.registry.lookup(spec.name) is not pv:
+                raise Refused(Reason.NO_SUCH_PV, f"{spec.name} was deleted")
+            raw = ca_gdd.extract(value, spec)
+            now = time.monotonic()
+            _, alarm_changed = self.relay.put_spec(spec, raw, time.time_ns(), now)
+        except Refused as refused:
+            return self.report(refused, put_source(client))
+        self.applied(pv, DBE_ALL if alarm_changed else DBE_VALUE_LOG, now)
+        return cas.S_casApp_success
+
+    def ca_released(self, pv: ServedPV) -> None:
+        if self.relay.registry.release(pv):
+            self._graveyard.append(pv)
+
+    def ca_field_put(self, field_pv: FieldPV, client: Any, value: cas.gdd) -> int:
+        pv, field = field_pv.parent, field_pv.field
+        name = pv.state.spec.name
+        try:
+            if self.relay.registry.get(name) is not pv:
+                raise Refused(Reason.NO_SUCH_PV, f"{name} was deleted")
+            if not field.writable:
+                raise Refused(Reason.READ_ONLY, f"{field_pv.name} is read-only")
+            raw = ca_gdd.extract_field(value, field.ca_type)
+            changes = check_changes({field.attribute: raw}, name)
+            _, alarm_changed = self.relay.set_meta(name, changes)
+        except Refused as refused:
+            return self.report(refused, put_source(client))
+        self.meta_changed(pv, alarm_changed, time.monotonic())
+        return cas.S_casApp_success
+
+    def ca_field_released(self, field_pv: FieldPV) -> None:
+        fields = field_pv.parent.fields
+        if fields and fields.get(field_pv.field.name) is field_pv:
+            del fields[field_pv.field.name]
+            self._graveyard.append(field_pv)
+
+    # --- after a change ------------------------------------------------------------------
+
+    def applied(self, pv: ServedPV, mask: int, now: float,
+                stamp: cas.epicsTimeStamp | None = None) -> None:
+        """A value was applied to `pv`: post it, save it, watch it if it may go stale.
+
+        `stamp` is the value's time stamp when the caller has it made already.
+        """
+        pv.post(mask, stamp)
+        if self.autosaver is not None:
+            self.autosaver.touch(pv.state)
+        if pv.state.meta.tmo > 0:
+            self.stale_watch.watch(pv.state, now)
+
+    def restore(self, saved: list[SavedPV], progress: Callable[[], None] = lambda: None
+                ) -> None:
+        """Recreate saved PVs before the first search is answered.
+
+        `progress` is called every few thousand PVs (the CA process sends a heartbeat,
+        so a large store is not mistaken for a hung process).
+        """
+        now = time.monotonic()
+        for index, item in enumerate(saved):
+            if index % 5000 == 4999:
+                progress()
+            try:
+                spec, stored, ts_ns, meta = restore_pieces(item, self.relay.grammar)
+                pv = self.relay.restore(spec, stored, ts_ns, meta, now)
+            except (Refused, ValueError, TypeError) as error:
+                log.error("autosave: cannot restore %s (%s); left out", item.name, error)
+                continue
+            if meta.tmo > 0:
+                self.stale_watch.watch(pv.state, now)
+        log.info("restored %d PVs", self.relay.stats.restored)
+
+    def meta_changed(self, pv: ServedPV, alarm_changed: bool, now: float) -> None:
+        """`pv`'s attributes changed: tell DBE_PROPERTY monitors, and the rest if needed."""
+        pv.post_property()
+        if self.autosaver is not None:
+            self.autosaver.touch(pv.state)
+        if alarm_changed:
+            pv.post(cas.DBE_ALARM | DBE_VALUE_LOG)
+        elif pv.fields:
+            for field_pv in pv.fields.values():
+                field_pv.post()
+        if pv.state.meta.tmo > 0:
+            self.stale_watch.watch(pv.state, now)
+
+    def check_stale(self, now: float) -> None:
+        """Mark the PVs that received nothing within their TMO, and post their alarm."""
+        for state in self.stale_watch.expired(now):
+            pv = self.relay.registry.get(state.spec.name)
+            if pv is not None and pv.state is state:
+                pv.post(cas.DBE_ALARM | DBE_VALUE_LOG)
+
+    # --- the relay's own work ------------------------------------------------------
+
+    def delete(self, name: str, source: str) -> ServedPV:
+        """Delete a PV; its clients are disconnected at the end of this cycle."""
+        pv = self.relay.delete(name)
+        self.stale_watch.forget(pv.state)
+        if self.autosaver is not None:
+            self.autosaver.forget(pv.state.spec.name)
+        self._graveyard.append(pv)
+        if pv.fields:
+            self._graveyard.extend(pv.fields.values())
+            pv.fields = None  # break the PV <-> field cycle so both are freed now
+        log.info("deleted %s (%s)", pv.state.spec.name, source)
+        return pv
+
+    def end_cycle(self) -> None:
+        """Free what was dropped during the last processing cycle."""
+        self._graveyard.clear()
+
+    def close(self) -> None:
+        """Drop every PV so that the CA library can shut down cleanly."""
+        self._graveyard.clear()
+        self.relay.registry.pvs.clear()
+        self.relay.registry.placeholders.clear()

@@ -1,0 +1,99 @@
+"""The status PVs: their names, types, meaning, and how each value is computed. Pure.
+
+Status and control PV names never end in ``_<dtype><count>``, so they can never collide
+with a relay PV (the tests check this for every name here). The README's table of
+status PVs is written from this list; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from relayd.core.errors import Reason
+from relayd.core.names import Kind
+from relayd.core.writes import Relay
+
+LAST_REFUSAL_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class StatusPV:
+    """One read-only status PV: `suffix` goes after ``<prefix>:``."""
+
+    suffix: str
+    kind: Kind
+    count: int
+    doc: str
+    compute: Callable[[Relay, float], object]
+
+
+def _autosave(relay: Relay, name: str, default: object) -> object:
+    status = relay.stats.autosave
+    return default if status is None else getattr(status, name)
+
+
+def _reason_pv(reason: Reason) -> StatusPV:
+    return StatusPV(
+        f"status:refused:{reason.code}",
+        Kind.FLOAT,
+        1,
+        f"refusals because {reason.description}",
+        lambda relay, started: float(relay.stats.by_reason[reason]),
+    )
+
+
+STATUS_PVS: tuple[StatusPV, ...] = (
+    StatusPV("status:pvs", Kind.INT, 1, "number of PVs the relay holds",
+             lambda relay, started: len(relay.registry)),
+    StatusPV("status:placeholders", Kind.INT, 1,
+             "names watched by clients before any value arrived",
+             lambda relay, started: len(relay.registry.placeholders)),
+    StatusPV("status:accepted", Kind.FLOAT, 1, "updates accepted, all paths",
+             lambda relay, started: float(relay.stats.accepted)),
+    StatusPV("status:refused", Kind.FLOAT, 1,
+             "refusals, all paths and reasons (puts, updates, names searched beyond a limit)",
+             lambda relay, started: float(relay.stats.refused)),
+    StatusPV("status:deleted", Kind.FLOAT, 1, "PVs deleted",
+             lambda relay, started: float(relay.stats.deleted)),
+    StatusPV("status:lastRefusal", Kind.CHAR, LAST_REFUSAL_LENGTH,
+             "text of the last refusal: where it came from, the reason code and detail",
+             lambda relay, started: relay.stats.last_refusal.encode()[:LAST_REFUSAL_LENGTH]),
+    StatusPV("status:uptime", Kind.FLOAT, 1, "seconds since this CA server started",
+             lambda relay, started: round(time.monotonic() - started, 3)),
+    StatusPV("status:zmq:messages", Kind.FLOAT, 1, "ZMQ messages received by the ingest worker",
+             lambda relay, started: float(relay.stats.zmq_messages)),
+    StatusPV("status:zmq:updates", Kind.FLOAT, 1,
+             "updates in those messages (accepted or refused)",
+             lambda relay, started: float(relay.stats.zmq_updates)),
+    StatusPV("status:pipe:backlog", Kind.FLOAT, 1,
+             "bytes forwarded by the ingest worker not yet read by the CA process",
+             lambda relay, started: float(relay.stats.pipe_backlog)),
+    StatusPV("status:pipe:lag", Kind.FLOAT, 1,
+             "seconds from the worker forwarding a batch to the CA process applying it "
+             "(last batch)",
+             lambda relay, started: round(relay.stats.pipe_lag, 6)),
+    StatusPV("status:restarts:ca", Kind.INT, 1,
+             "times the supervisor restarted the CA server process",
+             lambda relay, started: int(relay.stats.restarts.get("ca-server", 0))),
+    StatusPV("status:restarts:ingest", Kind.INT, 1,
+             "times the supervisor restarted the ingest worker",
+             lambda relay, started: int(relay.stats.restarts.get("ingest", 0))),
+    StatusPV("status:autosave:enabled", Kind.INT, 1, "1 when autosave is on",
+             lambda relay, started: int(relay.stats.autosave is not None)),
+    StatusPV("status:autosave:lastSave", Kind.FLOAT, 1,
+             "POSIX time of the last successful autosave write (0: none yet)",
+             lambda relay, started: _autosave(relay, "last_save", 0.0)),
+    StatusPV("status:autosave:pending", Kind.FLOAT, 1,
+             "changes waiting to be written after a failed write",
+             lambda relay, started: float(_autosave(relay, "pending", 0))),
+    StatusPV("status:autosave:failures", Kind.FLOAT, 1, "autosave writes that failed",
+             lambda relay, started: float(_autosave(relay, "failures", 0))),
+    StatusPV("status:autosave:lastError", Kind.CHAR, LAST_REFUSAL_LENGTH,
+             "why the last autosave write failed (empty once writes work again)",
+             lambda relay, started: str(_autosave(relay, "last_error", "")).encode()[
+                 :LAST_REFUSAL_LENGTH]),
+    StatusPV("status:autosave:restored", Kind.INT, 1, "PVs restored from autosave at start",
+             lambda relay, started: relay.stats.restored),
+) + tuple(_reason_pv(reason) for reason in Reason)

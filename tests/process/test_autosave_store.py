@@ -1,0 +1,598 @@
+"""The autosave database and the saver that feeds it (relayd.autosave).
+
+`Store` is tested on real SQLite files in tmp_path. `Autosaver` is tested with live
+`PVState`s and a real store; a store that fails on demand (`FlakyStore`) stands in for a
+full disk, since the store is a plain class, not a protocol.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from relayd import config
+from relayd.store.paths import default_path
+from relayd.store.sqlite import MIGRATIONS, SCHEMA_VERSION, Store
+from relayd.store import writer
+from relayd.store.writer import Autosaver
+from relayd.core.errors import BootError
+from relayd.core.meta import DEFAULT_META, Meta
+from relayd.core.names import Grammar
+from relayd.core.pvstate import PVState, new_state
+from relayd.store.rows import SavedPV, from_state
+from relayd.core.values import convert
+from tests.harness import wait_for
+
+G = Grammar("P")
+TS = 1_700_000_000_000_000_001
+
+
+def saved(base: str, value: object = 1.0, ts_ns: int = TS, **attrs: object) -> SavedPV:
+    spec = G.parse(f"P:{base}")
+    assert spec is not None
+    if isinstance(value, list):
+        value = np.asarray(value, dtype="<f8" if spec.kind.value == "f" else "<i4").tobytes()
+    return SavedPV(spec.name, spec.kind.value, spec.count, spec.buffer, value, ts_ns, attrs)
+
+
+def state(base: str, *puts: object, meta: Meta = DEFAULT_META) -> PVState:
+    spec = G.parse(f"P:{base}")
+    assert spec is not None
+    result = new_state(spec, meta)
+    for i, raw in enumerate(puts):
+        result.put(convert(spec, raw), TS + i)
+    return result
+
+
+def put(target: PVState, raw: object) -> None:
+    target.put(convert(target.spec, raw), target.ts_ns + 1)
+
+
+def names(store: Store) -> list[str]:
+    return [item.name.split(":", 1)[1] for item in store.load()]
+
+
+def reopen(path: Path) -> list[SavedPV]:
+    """What a new relay would restore from `path`."""
+    store = Store.open(str(path))
+    try:
+        return store.load()
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "relay.sqlite"
+
+
+@pytest.fixture
+def store(path: Path):
+    opened = Store.open(str(path))
+    yield opened
+    opened.close()
+
+
+# --- the store ----------------------------------------------------------------------------
+
+
+def test_open_creates_the_file_and_its_directory_at_the_current_schema(path: Path) -> None:
+    assert not path.parent.exists()
+    Store.open(str(path)).close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # kept in the file
+        columns = [row[1] for row in db.execute("PRAGMA table_info(pvs)")]
+    assert columns == ["name", "kind", "count", "buffer", "value", "ts_ns", "attrs"]
+    assert reopen(path) == []
+
+
+def test_the_store_is_in_wal_mode_with_normal_sync(store: Store) -> None:
+    assert store.connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.connection.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+
+
+def test_write_and_load(store: Store, path: Path) -> None:
+    rows = [
+        saved("a_f1", 21.5, egu="K", prec=2),
+        saved("b_i1", -(2**31)),
+        saved("c_c10", b"\xff text"),
+        saved("d_f3", [1.0, math.nan, -math.inf]),
+        saved("e_I4", [3, 4]),
+        saved("f_f1", math.inf, ts_ns=2**63 - 1),
+    ]
+    store.write(rows, ())
+    assert store.load() == rows
+    assert reopen(path) == rows
+
+
+def test_a_nan_scalar_survives_the_store(store: Store) -> None:
+    store.write([saved("nan_f1", math.nan)], ())
+    value = store.load()[0].value
+    assert isinstance(value, float) and math.isnan(value)
+
+
+def test_an_update_keeps_the_creation_order(store: Store) -> None:
+    store.write([saved("a_f1"), saved("b_f1"), saved("c_f1")], ())
+    store.write([saved("b_f1", 2.0, egu="V"), saved("d_f1")], ())
+    assert names(store) == ["a_f1", "b_f1", "c_f1", "d_f1"]
+    assert store.load()[1] == saved("b_f1", 2.0, egu="V")
+
+
+def test_delete(store: Store) -> None:
+    store.write([saved("a_f1"), saved("b_f1"), saved("c_f1")], ())
+    store.write((), ["P:b_f1", "P:never_f1"])  # deleting a name not stored is no error
+    assert names(store) == ["a_f1", "c_f1"]
+
+
+def test_deleted_then_created_again_goes_last(store: Store) -> None:
+    store.write([saved("a_f1"), saved("b_f1")], ())
+    store.write([saved("a_f1", 5.0)], ["P:a_f1"])  # deletes first, then inserts
+    assert names(store) == ["b_f1", "a_f1"]
+
+
+def test_a_failed_write_changes_nothing(store: Store) -> None:
+    store.write([saved("a_f1"), saved("b_f1")], ())
+    broken = SavedPV("P:c_f1", None, 1, False, 1.0, TS, {})  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.write([saved("a_f1", 9.0), broken], ["P:b_f1"])
+    assert store.load() == [saved("a_f1"), saved("b_f1")]
+    store.write([saved("c_f1")], ())  # the connection is usable afterwards
+    assert names(store) == ["a_f1", "b_f1", "c_f1"]
+
+
+def fill_up(store: Store) -> None:
+    """Let the database grow by two pages at most: SQLite then answers SQLITE_FULL."""
+    pages = store.connection.execute("PRAGMA page_count").fetchone()[0]
+    store.connection.execute(f"PRAGMA max_page_count = {pages + 2}")
+
+
+def test_a_full_database_keeps_what_it_had_and_works_again(store: Store) -> None:
+    store.write([saved("a_f1")], ())
+    fill_up(store)
+    with pytest.raises(sqlite3.OperationalError):
+        store.write([saved("big_f100000", [0.0] * 100_000)], ["P:a_f1"])
+    assert store.load() == [saved("a_f1")]
+    store.connection.execute("PRAGMA max_page_count = 1073741823")
+    store.write([saved("big_f100000", [0.0] * 100_000)], ["P:a_f1"])
+    assert names(store) == ["big_f100000"]
+
+
+def test_a_full_database_is_reported_as_full(store: Store) -> None:
+    store.write([saved("a_f1")], ())
+    fill_up(store)
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        store.write([saved("big_f100000", [0.0] * 100_000)], ())
+
+
+def test_replace_all(store: Store) -> None:
+    store.write([saved("a_f1"), saved("b_f1")], ())
+    store.replace_all([saved("c_f1"), saved("a_f1", 3.0)])
+    assert store.load() == [saved("c_f1"), saved("a_f1", 3.0)]
+    store.replace_all([])
+    assert store.load() == []
+
+
+def test_a_reader_beside_the_writer_sees_whole_transactions(store: Store, path: Path) -> None:
+    store.write([saved("a_f1")], ())
+    reader = Store.open(str(path))
+    try:
+        store.connection.execute("BEGIN")
+        store.connection.execute("DELETE FROM pvs")
+        assert names(reader) == ["a_f1"]  # not committed: not seen
+        store.connection.execute("COMMIT")
+        assert names(reader) == []
+    finally:
+        reader.close()
+
+
+# --- schema versions ------------------------------------------------------------------------
+
+
+def test_every_older_version_has_a_migration() -> None:
+    assert sorted(MIGRATIONS) == list(range(SCHEMA_VERSION))
+
+
+@pytest.mark.parametrize("how", ["empty file", "sqlite file without tables"])
+def test_a_file_at_version_0_is_upgraded(path: Path, how: str) -> None:
+    path.parent.mkdir(parents=True)
+    if how == "empty file":
+        path.write_bytes(b"")
+    else:
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE scratch (x)")
+            db.execute("DROP TABLE scratch")
+        assert path.stat().st_size > 0
+    store = Store.open(str(path))
+    try:
+        assert store.connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        store.write([saved("a_f1")], ())
+    finally:
+        store.close()
+    assert reopen(path) == [saved("a_f1")]
+
+
+def test_a_file_of_a_newer_relayd_is_refused_and_left_alone(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE future (x)")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(BootError) as info:
+        Store.open(str(path))
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "newer relayd" in message
+    with sqlite3.connect(path) as db:  # not migrated, not emptied
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+        assert [row[0] for row in db.execute("SELECT name FROM sqlite_master")] == ["future"]
+
+
+GARBAGE = b"this is not an SQLite database\n" * 200
+
+
+def test_a_garbage_file_is_refused_with_one_line(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    path.write_bytes(GARBAGE)
+    with pytest.raises(BootError) as info:
+        Store.open(str(path))
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "not a database" in message
+    assert path.read_bytes() == GARBAGE  # nothing touched without reset
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def corrupt_pages(path: Path) -> None:
+    """A store whose header is valid and some of whose pages are not."""
+    store = Store.open(str(path))
+    store.write([saved(f"pv{i}_f100", [float(i)] * 100) for i in range(200)], ())
+    store.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    data = bytearray(path.read_bytes())
+    page = 4096
+    assert len(data) > 10 * page
+    data[5 * page:8 * page] = b"\xa5" * (3 * page)
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupt_page_is_found_at_open(path: Path) -> None:
+    corrupt_pages(path)
+    with pytest.raises(BootError) as info:
+        Store.open(str(path))
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_reset_moves_a_garbage_file_aside_and_starts_empty(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    path.write_bytes(GARBAGE)
+    store = Store.open(str(path), reset=True)
+    try:
+        assert store.load() == []
+        store.write([saved("a_f1")], ())
+    finally:
+        store.close()
+    aside = [p for p in path.parent.iterdir() if ".corrupt-" in p.name]
+    assert len(aside) == 1 and aside[0].name.startswith(path.name + ".corrupt-")
+    assert aside[0].read_bytes() == GARBAGE
+    assert reopen(path) == [saved("a_f1")]
+
+
+def test_reset_moves_a_file_with_corrupt_pages_aside(path: Path) -> None:
+    corrupt_pages(path)
+    store = Store.open(str(path), reset=True)
+    store.close()
+    assert reopen(path) == []
+    assert [p for p in path.parent.iterdir() if p.name.startswith(path.name + ".corrupt-")]
+
+
+def test_reset_leaves_a_good_file_alone(path: Path) -> None:
+    Store.open(str(path)).write([saved("a_f1")], ())
+    store = Store.open(str(path), reset=True)
+    store.close()
+    assert reopen(path) == [saved("a_f1")]
+    assert not [p for p in path.parent.iterdir() if ".corrupt-" in p.name]
+
+
+def test_an_unusable_path_is_a_boot_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for reset in (False, True):
+        with pytest.raises(BootError) as info:
+            Store.open(str(blocker / "relay.sqlite"), reset=reset)
+        assert "\n" not in str(info.value) and str(blocker) in str(info.value)
+
+
+# --- where the store lives -------------------------------------------------------------------
+
+
+def test_default_path() -> None:
+    assert default_path("lab:bl1", {"XDG_STATE_HOME": "/var/state"}) == \
+        "/var/state/relayd/lab:bl1.sqlite"
+    home = os.path.expanduser("~")
+    assert default_path("relay", {}) == f"{home}/.local/state/relayd/relay.sqlite"
+    assert default_path("relay", {"XDG_STATE_HOME": ""}) == \
+        f"{home}/.local/state/relayd/relay.sqlite"
+
+
+def test_two_prefixes_never_share_a_default_file() -> None:
+    assert default_path("lab:bl1", {}) != default_path("lab_bl1", {})
+
+
+def test_options_in_the_config_file(tmp_path: Path) -> None:
+    toml = tmp_path / "relayd.toml"
+    toml.write_text('[relayd]\nautosave = "/var/lib/relayd/relay.sqlite"\n'
+                    'autosave_interval = 0.5\n')
+    parsed = config.parse(["--config", str(toml)])
+    assert parsed.autosave_path == "/var/lib/relayd/relay.sqlite"
+    assert parsed.autosave_interval == 0.5
+    toml.write_text("no_autosave = true\n")
+    assert config.parse(["--config", str(toml)]).autosave_path is None
+
+
+def test_options() -> None:
+    assert config.parse([]).autosave_interval == 1.0
+    assert config.parse(["--prefix", "x"]).autosave_path == default_path("x")
+    chosen = config.parse(["--autosave", "/tmp/x.sqlite", "--autosave-interval", "0.2",
+                           "--autosave-reset"])
+    assert chosen.autosave_path == "/tmp/x.sqlite"
+    assert chosen.autosave_interval == 0.2 and chosen.autosave_reset is True
+    assert config.parse(["--no-autosave", "--autosave", "/tmp/x.sqlite"]).autosave_path is None
+    for bad in ("0", "-1", "61"):
+        with pytest.raises((SystemExit, ValueError)):
+            config.parse(["--autosave-interval", bad])
+
+
+# --- the autosaver ----------------------------------------------------------------------------
+
+
+class FlakyStore(Store):
+    """A store whose writes fail while `failing` is set, as on a full disk."""
+
+    failing = False
+    attempts = 0
+
+    def write(self, saved, deleted) -> None:
+        self.attempts += 1
+        if self.failing:
+            raise sqlite3.OperationalError("database or disk is full")
+        super().write(saved, deleted)
+
+
+class GatedStore(Store):
+    """A store whose writes wait for `gate`, to change states while a save is under way."""
+
+    def __init__(self, connection: sqlite3.Connection, path: str):
+        super().__init__(connection, path)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def write(self, saved, deleted) -> None:
+        self.entered.set()
+        assert self.gate.wait(10)
+        super().write(saved, deleted)
+
+
+INTERVAL = 0.05
+
+
+@pytest.fixture
+def saver(path: Path):
+    """An autosaver on a real store; stopped at the end if the test did not."""
+    made: list[Autosaver] = []
+
+    def make(store_class: type[Store] = Store, interval: float = INTERVAL) -> Autosaver:
+        made.append(Autosaver(store_class.open(str(path)), interval))
+        return made[-1]
+
+    yield make
+    for autosaver in made:
+        autosaver.stop(5)
+
+
+def test_nothing_is_written_before_a_flush(saver, path: Path) -> None:
+    autosaver = saver(interval=60)
+    autosaver.touch(state("a_f1", 1.0))
+    time.sleep(0.1)
+    assert reopen(path) == []
+    assert autosaver.status.enabled and autosaver.status.last_save == 0.0
+
+
+def test_a_flush_writes_the_latest_state(saver, path: Path) -> None:
+    autosaver = saver()
+    a, b = state("a_f1", 1.0), state("b_F3", [1.0])
+    autosaver.touch(a)
+    autosaver.touch(b)
+    put(a, 2.0)
+    put(b, [2.0, 3.0, 4.0])
+    before = time.time()
+    autosaver.flush()
+    assert autosaver.wait_idle(5)
+    assert reopen(path) == [from_state(a), from_state(b)]
+    assert reopen(path)[1].value == np.array([2.0, 3.0, 4.0]).tobytes()
+    assert autosaver.status.last_save >= before
+    assert autosaver.status.saved == 2 and autosaver.status.failures == 0
+
+
+def test_tick_flushes_once_the_interval_has_passed(saver, path: Path) -> None:
+    autosaver = saver(interval=0.2)
+    a = state("a_f1", 1.0)
+    autosaver.touch(a)
+    autosaver.tick(time.monotonic())  # too early
+    time.sleep(0.1)
+    assert reopen(path) == []
+    autosaver.tick(time.monotonic() + 0.2)
+    assert autosaver.wait_idle(5)
+    assert reopen(path) == [from_state(a)]
+
+
+def test_forget_removes_the_pv(saver, path: Path) -> None:
+    autosaver = saver()
+    a, b = state("a_f1", 1.0), state("b_f1", 2.0)
+    autosaver.touch(a)
+    autosaver.touch(b)
+    autosaver.flush()
+    assert autosaver.wait_idle(5)
+    autosaver.forget(a.spec.name)
+    autosaver.flush()
+    assert autosaver.wait_idle(5)
+    assert reopen(path) == [from_state(b)]
+
+
+def test_a_pv_changed_then_deleted_before_a_flush_is_not_written(saver, path: Path) -> None:
+    autosaver = saver()
+    a = state("a_f1", 1.0)
+    autosaver.touch(a)
+    autosaver.forget(a.spec.name)
+    autosaver.flush()
+    assert autosaver.wait_idle(5)
+    assert reopen(path) == []
+
+
+def test_a_pv_deleted_and_created_again_goes_last(saver, path: Path) -> None:
+    autosaver = saver()
+    a, b = state("a_f1", 1.0), state("b_f1", 2.0)
+    autosaver.touch(a)
+    autosaver.touch(b)
+    autosaver.flush()
+    assert autosaver.wait_idle(5)
+    again = state("a_f1", 3.0)  # the relay's pvlist is now b_f1, a_f1
+    autosaver.forget(a.spec.name)
+    autosaver.touch(again)
+    autosaver.flush()
+    assert autosaver.wait_idle(5)
+    assert [item.name for item in reopen(path)] == ["P:b_f1", "P:a_f1"]
+
+
+def test_a_large_flush_is_handed_over_a_few_cycles_in_creation_order(saver, path: Path,
+                                                                      monkeypatch) -> None:
+    """The CA loop snapshots at most SNAPSHOTS_PER_TICK PVs per cycle; nothing is lost or
+    reordered, and a PV deleted and created again in the middle still ends up last."""
+    monkeypatch.setattr(writer, "SNAPSHOTS_PER_TICK", 10)
+    autosaver = saver(interval=0.05)
+    states = [state(f"pv{i}_f1", float(i)) for i in range(35)]
+    for item in states:
+        autosaver.touch(item)
+    time.sleep(0.06)
+    autosaver.tick(time.monotonic())            # the first 10
+    assert autosaver.wait_idle(5)
+    assert [row.name for row in reopen(path)] == [s.spec.name for s in states[:10]]
+    # pv3 (saved) and pv20 (not yet) are deleted and made again during the flush.
+    again = [state("pv3_f1", 103.0), state("pv20_f1", 120.0)]
+    for item in again:
+        autosaver.forget(item.spec.name)
+        autosaver.touch(item)
+    for _ in range(3):                          # the other 25
+        autosaver.tick(time.monotonic())
+    assert autosaver.wait_idle(5)
+    assert len(reopen(path)) == 35
+    time.sleep(0.06)
+    autosaver.tick(time.monotonic())            # the next flush: the deletes, the new ones
+    assert autosaver.wait_idle(5)
+    rows = reopen(path)
+    expected = [s for s in states if s.spec.name not in ("P:pv3_f1", "P:pv20_f1")] + again
+    assert rows == [from_state(s) for s in expected]
+
+
+def test_stop_writes_everything(saver, path: Path) -> None:
+    autosaver = saver(interval=60)  # no flush on its own before stop
+    states = [state(f"pv{i}_I5", [i]) for i in range(50)]
+    for item in states:
+        autosaver.touch(item)
+    autosaver.flush()
+    for item in states:
+        put(item, [100])
+        autosaver.touch(item)
+    autosaver.forget(states[0].spec.name)
+    assert autosaver.stop() is True
+    assert reopen(path) == [from_state(item) for item in states[1:]]
+    assert autosaver.status.pending == 0
+
+
+def test_a_snapshot_is_the_state_at_the_flush(path: Path) -> None:
+    """The CA loop goes on changing a PV while the writer saves it: what is written is
+    the buffer as it was at the flush, whole, and the later change comes with the next."""
+    autosaver = Autosaver(GatedStore.open(str(path)), 60)
+    try:
+        buffer, plain = state("b_F4", [1.0, 2.0]), state("p_f3", [1.0, 1.0, 1.0])
+        autosaver.touch(buffer)
+        autosaver.touch(plain)
+        autosaver.flush()
+        assert autosaver.store.entered.wait(5)  # type: ignore[attr-defined]
+        at_flush = [from_state(buffer), from_state(plain)]
+        put(buffer, [3.0, 4.0, 5.0, 6.0])
+        put(plain, [2.0, 2.0, 2.0])
+        autosaver.store.gate.set()  # type: ignore[attr-defined]
+        assert autosaver.wait_idle(5)
+        assert reopen(path) == at_flush
+        autosaver.touch(buffer)
+        autosaver.touch(plain)
+    finally:
+        autosaver.store.gate.set()  # type: ignore[attr-defined]
+        assert autosaver.stop()
+    assert reopen(path) == [from_state(buffer), from_state(plain)]
+
+
+def test_a_failed_write_is_kept_shown_and_retried(saver, path: Path) -> None:
+    autosaver = saver(FlakyStore)
+    flaky: FlakyStore = autosaver.store  # type: ignore[assignment]
+    a, b, c = state("a_f1", 1.0), state("b_i1", 1), state("c_f1", 1.0)
+    autosaver.touch(c)
+    autosaver.flush()
+    assert autosaver.wait_idle(5)
+    flaky.failing = True
+    autosaver.touch(a)
+    autosaver.touch(b)
+    autosaver.forget(c.spec.name)
+    autosaver.flush()
+    wait_for(lambda: autosaver.status.failures >= 2, what="a retry that fails again")
+    status = autosaver.status
+    assert status.pending == 3  # two PVs to save, one to delete
+    assert status.last_error == "OperationalError: database or disk is full"
+    # Newer changes merge with the kept ones: still the latest of each PV, once.
+    put(a, 2.0)
+    autosaver.touch(a)
+    autosaver.flush()
+    wait_for(lambda: status.failures >= 4, what="more failed retries")
+    assert status.pending == 3
+    assert reopen(path) == [from_state(c)]  # nothing half-written
+    flaky.failing = False
+    wait_for(lambda: status.pending == 0, what="the kept changes written")
+    assert status.last_error == ""
+    assert reopen(path) == [from_state(a), from_state(b)]
+    failures = status.failures
+    attempts = flaky.attempts
+    time.sleep(5 * INTERVAL)
+    assert status.failures == failures and flaky.attempts == attempts  # no busy retrying
+    assert autosaver.stop() is True
+
+
+def test_stop_says_false_when_the_last_changes_cannot_be_written(saver, path: Path) -> None:
+    autosaver = saver(FlakyStore, interval=60)
+    autosaver.store.failing = True  # type: ignore[attr-defined]
+    autosaver.touch(state("a_f1", 1.0))
+    assert autosaver.stop() is False
+    assert autosaver.status.pending == 1 and autosaver.status.failures >= 1
+    assert reopen(path) == []
+
+
+def test_stop_with_nothing_to_write(saver) -> None:
+    autosaver = saver()
+    assert autosaver.stop() is True
+    assert autosaver.status.failures == 0 and autosaver.status.saved == 0
+
+
+def test_touch_costs_no_io(saver, path: Path) -> None:
+    """A put only notes its PV: no snapshot, no encoding, no write until the flush."""
+    autosaver = saver(FlakyStore, interval=60)
+    big = state("big_f100000", np.arange(100_000.0))
+    started = time.perf_counter()
+    for _ in range(10_000):
+        autosaver.touch(big)
+    elapsed = time.perf_counter() - started
+    assert autosaver.store.attempts == 0  # type: ignore[attr-defined]
+    assert elapsed < 1.0  # generous: about a microsecond each
