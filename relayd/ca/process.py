@@ -77,90 +77,129 @@ def check_ca_port(environ: dict[str, str] = os.environ) -> None:
 
 def run(env: ChildEnv) -> None:
     """Serve until told to stop or until the supervisor goes away."""
-    config, pipe, pipe_writer = env.config, env.pipe, env.pipe_writer
-    lifeline, stopping = env.lifeline, env.stopping
-    raise_max_array_bytes(config)
-    check_ca_port()
-    load_access_security(config)
-    store = open_store(config)
-    server = CAServer(config)
-    if store is not None:
-        server.restore(store.load(), progress=lambda: lifeline.send(beat=True))
-        server.autosaver = Autosaver(store, config.autosave_interval)
-        server.relay.stats.autosave = server.autosaver.status
-    # PVs live long, and a PV is freed by reference counting when it is deleted (it is in
-    # no reference cycle): keep the garbage collector from walking them again and again.
-    # A full collection over 100,000 PVs' objects takes tens of milliseconds, which
-    # showed in CA creation rates and read latencies while the relay grew. Freezing
-    # only at new highs bounds what a freeze could ever pin (a cycle that happened to
-    # be garbage at that moment) to a few hundred freezes over the relay's life.
-    gc.collect()
-    gc.freeze()
-    pvs = server.relay.registry.pvs
-    frozen_at = len(pvs)
-    reader = PipeReader(pipe)
-    ingest = PipeIngest(server, reader)
-    wakeup = Wakeup(reader.fileno()).start()
-    stats = server.relay.stats
-    log.info("serving PVs %s:<name>_<dtype><count> over Channel Access", config.prefix)
-    lifeline.send(ready=True)
-    next_housekeeping = 0.0
-    next_refresh = time.monotonic() + config.status_interval
-    empty = True
-    watch = server.stale_watch
+    loop = CALoop(env)
     try:
-        while not stopping():
-            wait = IDLE if empty else 0.0
-            deadline = watch.next_deadline()
-            if deadline is not None:
-                wait = max(0.0, min(wait, deadline - time.monotonic()))
-            if wait > 0:
-                wakeup.waiting(True)
-                cas.process(wait)
-                wakeup.waiting(False)
-            else:
-                # Busy with ingest: two turns of the CA library, because pcas reads a
-                # request in one turn and sends the answer in the next; one turn per
-                # ingest stretch would make every read wait one stretch more.
-                cas.process(0.0)
-                cas.process(0.0)
-            empty = ingest.drain(CYCLE_UPDATES, INGEST_BUDGET)
-            if len(pvs) >= frozen_at + FREEZE_STEP:
-                gc.freeze()
-                frozen_at = len(pvs)
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                server.check_stale(now)
-            if server.autosaver is not None:
-                server.autosaver.tick(now)
-            server.end_cycle()
-            if now >= next_housekeeping:
-                next_housekeeping = now + HOUSEKEEPING
-                lifeline.send(beat=True)
-                for message in lifeline.receive():
-                    if "restarts" in message:
-                        stats.restarts = dict(message["restarts"])
-                if lifeline.closed:
-                    log.warning("the supervisor has gone; stopping")
-                    break
-            if now >= next_refresh:
-                next_refresh = now + config.status_interval
-                if pipe_writer is not None:
-                    stats.pipe_backlog = backlog(pipe_writer)
-                server.control.refresh(time.time_ns())
-        deadline = time.monotonic() + DRAIN_ON_STOP
-        while not ingest.drain(CYCLE_UPDATES, INGEST_BUDGET) and time.monotonic() < deadline:
-            cas.process(0.0)
+        loop.serve()
+        loop.drain_on_stop()
     finally:
-        wakeup.stop()
+        loop.close()
+    log.info("CA server stopped")
+
+
+class CALoop:
+    """The CA process's one loop: CA turns, ingest stretches, timers (see the module doc)."""
+
+    def __init__(self, env: ChildEnv):
+        config = self.config = env.config
+        self.env = env
+        raise_max_array_bytes(config)
+        check_ca_port()
+        load_access_security(config)
+        self.store = open_store(config)
+        server = self.server = CAServer(config)
+        if self.store is not None:
+            server.restore(self.store.load(), progress=lambda: env.lifeline.send(beat=True))
+            server.autosaver = Autosaver(self.store, config.autosave_interval)
+            server.relay.stats.autosave = server.autosaver.status
+        # PVs live long, and a PV is freed by reference counting when it is deleted (it
+        # is in no reference cycle): keep the garbage collector from walking them again
+        # and again. A full collection over 100,000 PVs' objects takes tens of
+        # milliseconds, which showed in CA creation rates and read latencies while the
+        # relay grew. Freezing only at new highs bounds what a freeze could ever pin (a
+        # cycle that happened to be garbage at that moment) to a few hundred freezes
+        # over the relay's life.
+        gc.collect()
+        gc.freeze()
+        self.frozen_at = len(server.relay.registry.pvs)
+        self.reader = PipeReader(env.pipe)
+        self.ingest = PipeIngest(server, self.reader)
+        self.wakeup = Wakeup(self.reader.fileno()).start()
+        self.next_housekeeping = 0.0
+        self.next_refresh = time.monotonic() + config.status_interval
+
+    def serve(self) -> None:
+        """Turn until told to stop or the supervisor has gone."""
+        log.info("serving PVs %s:<name>_<dtype><count> over Channel Access",
+                 self.config.prefix)
+        self.env.lifeline.send(ready=True)
+        empty = True
+        stopping = self.env.stopping
+        while not stopping():
+            deadline = self.server.stale_watch.next_deadline()
+            self.ca_turn(IDLE if empty else 0.0, deadline)
+            empty = self.ingest.drain(CYCLE_UPDATES, INGEST_BUDGET)
+            now = time.monotonic()
+            self.after_cycle(now, deadline)
+            if now >= self.next_housekeeping and not self.housekeeping(now):
+                break
+            if now >= self.next_refresh:
+                self.refresh_status(now)
+
+    def ca_turn(self, wait: float, deadline: float | None) -> None:
+        """Let the CA library work: wait up to `wait` (or to a stale deadline) for traffic."""
+        if deadline is not None:
+            wait = max(0.0, min(wait, deadline - time.monotonic()))
+        if wait > 0:
+            self.wakeup.waiting(True)
+            cas.process(wait)
+            self.wakeup.waiting(False)
+        else:
+            # Busy with ingest: two turns of the CA library, because pcas reads a
+            # request in one turn and sends the answer in the next; one turn per ingest
+            # stretch would make every read wait one stretch more.
+            cas.process(0.0)
+            cas.process(0.0)
+
+    def after_cycle(self, now: float, deadline: float | None) -> None:
+        """What follows every cycle: GC freezes, staleness, autosave, freeing deleted PVs."""
+        server = self.server
+        count = len(server.relay.registry.pvs)
+        if count >= self.frozen_at + FREEZE_STEP:
+            gc.freeze()
+            self.frozen_at = count
+        if deadline is not None and now >= deadline:
+            server.check_stale(now)
         if server.autosaver is not None:
-            if server.autosaver.stop():
-                log.info("autosave: every change written to %s", store.path)  # type: ignore[union-attr]
+            server.autosaver.tick(now)
+        server.end_cycle()
+
+    def housekeeping(self, now: float) -> bool:
+        """Heartbeat, restart counts from the supervisor; False once the supervisor has gone."""
+        self.next_housekeeping = now + HOUSEKEEPING
+        lifeline = self.env.lifeline
+        lifeline.send(beat=True)
+        for message in lifeline.receive():
+            if "restarts" in message:
+                self.server.relay.stats.restarts = dict(message["restarts"])
+        if lifeline.closed:
+            log.warning("the supervisor has gone; stopping")
+            return False
+        return True
+
+    def refresh_status(self, now: float) -> None:
+        self.next_refresh = now + self.config.status_interval
+        if self.env.pipe_writer is not None:
+            self.server.relay.stats.pipe_backlog = backlog(self.env.pipe_writer)
+        self.server.control.refresh(time.time_ns())
+
+    def drain_on_stop(self) -> None:
+        """Apply what is still in the pipe, for at most DRAIN_ON_STOP seconds."""
+        deadline = time.monotonic() + DRAIN_ON_STOP
+        while (not self.ingest.drain(CYCLE_UPDATES, INGEST_BUDGET)
+               and time.monotonic() < deadline):
+            cas.process(0.0)
+
+    def close(self) -> None:
+        """Write what autosave still holds, then drop every PV."""
+        self.wakeup.stop()
+        autosaver, store = self.server.autosaver, self.store
+        if autosaver is not None and store is not None:
+            if autosaver.stop():
+                log.info("autosave: every change written to %s", store.path)
             else:
                 log.error("autosave: changes could not be written to %s: %s",
-                          store.path, server.autosaver.status.last_error)  # type: ignore[union-attr]
-        server.close()
-    log.info("CA server stopped")
+                          store.path, autosaver.status.last_error)
+        self.server.close()
 
 
 def load_access_security(config: Config) -> None:

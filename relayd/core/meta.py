@@ -255,4 +255,10 @@ def field_value(meta: Meta, name: str) -> object:
     return 0.0 if value is None else value
 
 
-assert set(f.name for f in fields(Meta)) == META_KEYS, "Meta and FIELDS disagree"
+def _check_table() -> None:
+    """Meta and FIELDS must name the same attributes: checked at import, also under -O."""
+    if {f.name for f in fields(Meta)} != META_KEYS:
+        raise RuntimeError("relayd.core.meta: Meta and FIELDS disagree")
+
+
+_check_table()

@@ -22,8 +22,10 @@ Three outcomes, kept apart on purpose:
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from relayd.core.errors import Reason, Refused
 
@@ -37,14 +39,35 @@ class Kind(enum.Enum):
 
     @property
     def itemsize(self) -> int:
-        """Bytes per element on the wire (float64, int32, char)."""
-        return _ITEMSIZE[self]
+        """Bytes per element (float64, int32, char), in memory and on the wire."""
+        return int(_ELEMENT[self][1:])
+
+    @property
+    def dtype(self) -> Any:
+        """The numpy dtype of the elements in memory (native byte order).
+
+        numpy is imported only here, when asked: the push client parses names with this
+        module on hosts that may have no numpy.
+        """
+        return _numpy_dtype(_ELEMENT[self])
+
+    @property
+    def stored_dtype(self) -> Any:
+        """The numpy dtype of the elements as bytes at rest and in transit: little-endian,
+        as the autosave store keeps them and the internal pipe carries them."""
+        return _numpy_dtype("<" + _ELEMENT[self])
 
 
-_ITEMSIZE = {Kind.FLOAT: 8, Kind.INT: 4, Kind.CHAR: 1}
+# The one table of element types: the numpy type code of each kind's elements.
+_ELEMENT = {Kind.FLOAT: "f8", Kind.INT: "i4", Kind.CHAR: "u1"}
 _KIND_OF_LETTER = {letter: Kind(letter.lower()) for letter in "ficFIC"}
 
 
+@functools.lru_cache(maxsize=None)
+def _numpy_dtype(code: str) -> Any:
+    import numpy
+
+    return numpy.dtype(code)
 @dataclass(frozen=True, slots=True)
 class PVSpec:
     """What a name says about its PV: full name, element type, count, and buffer or not."""

@@ -31,16 +31,17 @@ use the push client without numpy.
 
 from __future__ import annotations
 
-import array
 import math
 import numbers
 import sys
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import msgpack
 
 from relayd.core.errors import Reason, Refused
+from relayd.core.packed import DTYPES, PACKED_KEYS, pack_array, unpack_array  # noqa: F401
+from relayd.core.packed import type_name as _type_name
 
 VERSION = 1
 
@@ -59,24 +60,6 @@ PUT = "put"
 DELETE = "delete"
 OPS = (PUT, DELETE)
 KEYS = frozenset({"pv", "op", "value", "ts", "meta", "v"})
-
-# numpy typestrs a packed array may use, with their item sizes. Every one is a CA-able
-# number: bools, float16, complex, strings and objects are left out on purpose.
-DTYPES = {
-    "<f8": 8, ">f8": 8, "<f4": 4, ">f4": 4,
-    "|i1": 1, "<i2": 2, ">i2": 2, "<i4": 4, ">i4": 4, "<i8": 8, ">i8": 8,
-    "|u1": 1, "<u2": 2, ">u2": 2, "<u4": 4, ">u4": 4, "<u8": 8, ">u8": 8,
-}
-PACKED_KEYS = frozenset({"dtype", "data"})
-
-# array.array typecodes by kind; the size comes from the array's itemsize.
-_ARRAY_KINDS = {
-    "b": "i", "h": "i", "i": "i", "l": "i", "q": "i",
-    "B": "u", "H": "u", "I": "u", "L": "u", "Q": "u",
-    "f": "f", "d": "f",
-}
-_NATIVE = "<" if sys.byteorder == "little" else ">"
-
 
 class _NoValue:
     """The value of an update that only sets attributes (a ``meta`` map, no ``value``)."""
@@ -127,14 +110,6 @@ def _clip(text: str, limit: int) -> str:
 def _short(obj: object, limit: int = 60) -> str:
     """repr(obj), cut short: details quote what a client sent, which may be huge."""
     return _clip(repr(obj), limit)
-
-
-_MSGPACK_NAMES = {type(None): "nil", dict: "map", list: "array", bytes: "bin"}
-
-
-def _type_name(obj: object) -> str:
-    """The msgpack name of a decoded object's type (nil, bool, int, float, str, bin...)."""
-    return _MSGPACK_NAMES.get(type(obj), type(obj).__name__)
 
 
 # msgpack's own texts for these are empty or say little.
@@ -211,6 +186,26 @@ _PLAIN = frozenset({float, int, str, bytes, list, bool, type(None)})
 def _full_update(item: object, index: int) -> Update:
     if not isinstance(item, dict):
         raise _BadUpdate(f"a msgpack {_type_name(item)} where a map was expected")
+    _check_keys(item)
+    meta = item.get("meta")  # nil is the same as no 'meta'
+    if meta is not None and not isinstance(meta, dict):
+        raise _BadUpdate(f"'meta' is a msgpack {_type_name(meta)}, not a map")
+    pv, op, ts = _target(item)
+    if op == DELETE:
+        if "value" in item:
+            raise _BadUpdate("a delete carries no 'value'")
+        if meta is not None:
+            raise _BadUpdate("a delete carries no 'meta'")
+        return Update(pv, DELETE, None, ts, index)
+    if "value" not in item:
+        if meta is None:
+            raise _BadUpdate("a put needs a 'value', a 'meta' map, or both")
+        return Update(pv, PUT, NO_VALUE, ts, index, meta)
+    return Update(pv, PUT, _value(item["value"]), ts, index, meta)
+
+
+def _check_keys(item: dict) -> None:
+    """The protocol version, if given, is ours, and every key is one we know."""
     if "v" in item:
         version = item["v"]
         if type(version) is not int or version != VERSION:
@@ -223,9 +218,10 @@ def _full_update(item: object, index: int) -> Update:
         noun = "key" if len(unknown) == 1 else "keys"
         listed = ", ".join(sorted(_short(key, 40) for key in unknown))
         raise _BadUpdate(f"unknown {noun} {listed} (keys are pv, op, value, ts, meta, v)")
-    meta = item.get("meta")  # nil is the same as no 'meta'
-    if meta is not None and not isinstance(meta, dict):
-        raise _BadUpdate(f"'meta' is a msgpack {_type_name(meta)}, not a map")
+
+
+def _target(item: dict) -> tuple[str, str, float | None]:
+    """The update's PV name, op and source time stamp (None when not given)."""
     if "pv" not in item:
         raise _BadUpdate("no 'pv'")
     pv = item["pv"]
@@ -240,17 +236,7 @@ def _full_update(item: object, index: int) -> Update:
         if why:
             raise _BadUpdate(why)
         ts = float(ts)
-    if op == DELETE:
-        if "value" in item:
-            raise _BadUpdate("a delete carries no 'value'")
-        if meta is not None:
-            raise _BadUpdate("a delete carries no 'meta'")
-        return Update(pv, DELETE, None, ts, index)
-    if "value" not in item:
-        if meta is None:
-            raise _BadUpdate("a put needs a 'value', a 'meta' map, or both")
-        return Update(pv, PUT, NO_VALUE, ts, index, meta)
-    return Update(pv, PUT, _value(item["value"]), ts, index, meta)
+    return pv, op, ts
 
 
 def ts_problem(ts: object) -> str | None:
@@ -274,36 +260,13 @@ def ts_problem(ts: object) -> str | None:
 def _value(value: object) -> object:
     """The value of a put: msgpack-native as is, a packed array as a numpy array."""
     if isinstance(value, dict):
-        return _unpack_array(value)
+        try:
+            return unpack_array(value)
+        except ValueError as error:
+            raise _BadUpdate(str(error)) from None
     if isinstance(value, (msgpack.ExtType, msgpack.Timestamp)):
         raise _BadUpdate(f"'value' is a msgpack {type(value).__name__}, not part of protocol v1")
     return value
-
-
-def _unpack_array(value: dict) -> Any:
-    if value.keys() != PACKED_KEYS:
-        keys = ", ".join(sorted(_short(key, 40) for key in value))
-        raise _BadUpdate(
-            f"a map 'value' must be a packed array with keys dtype and data, not {{{keys}}}"
-        )
-    dtype, data = value["dtype"], value["data"]
-    if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise _BadUpdate(
-            f"packed array dtype {_short(dtype)} is not one of {' '.join(DTYPES)}"
-        )
-    if not isinstance(data, bytes):
-        raise _BadUpdate(f"packed array data is a {_type_name(data)}, not msgpack bin")
-    itemsize = DTYPES[dtype]
-    if len(data) % itemsize:
-        raise _BadUpdate(
-            f"packed array data of {len(data)} bytes is not a whole number of "
-            f"{dtype} items ({itemsize} bytes each)"
-        )
-    try:
-        import numpy
-    except ImportError:
-        raise _BadUpdate("packed arrays need numpy, which is not installed here") from None
-    return numpy.frombuffer(data, dtype=dtype)
 
 
 # --- encoding ---------------------------------------------------------------------------
@@ -361,40 +324,6 @@ def _plain(value: object) -> object:
             and value.ndim == 0):
         return value.item()
     return value
-
-
-def pack_array(value: object) -> dict | None:
-    """The packed form ``{"dtype": typestr, "data": bytes}`` of a numeric array, else None.
-
-    Packs 1-D numpy arrays (bool as ``|u1``, float16 widened to float32) and
-    `array.array` of a numeric typecode; anything else gives None and is sent as it is.
-    A numpy array that cannot be a PV value (2-D, complex, strings...) raises ValueError
-    or TypeError. numpy is never imported here: a value can only be a numpy array if the
-    caller has loaded numpy already.
-    """
-    if isinstance(value, array.array):
-        kind = _ARRAY_KINDS.get(value.typecode)
-        if kind is None:
-            raise TypeError(
-                f"array.array of typecode {value.typecode!r} is not numeric; send text as a str"
-            )
-        order = "|" if value.itemsize == 1 else _NATIVE
-        return {"dtype": f"{order}{kind}{value.itemsize}", "data": value.tobytes()}
-    numpy = sys.modules.get("numpy")
-    if numpy is None or not isinstance(value, numpy.ndarray):
-        return None
-    if value.ndim != 1:
-        if value.ndim == 0:
-            return None  # a 0-d array is a scalar: `_plain` sends its item
-        raise ValueError(f"a {value.ndim}-dimensional array; PVs hold one dimension")
-    if value.dtype.kind == "b":
-        value = value.astype(numpy.uint8)
-    elif value.dtype.kind == "f" and value.dtype.itemsize == 2:
-        value = value.astype(numpy.float32)
-    typestr = value.dtype.str
-    if typestr not in DTYPES:
-        raise TypeError(f"a numpy array of dtype {value.dtype} cannot be a PV value")
-    return {"dtype": typestr, "data": value.tobytes()}
 
 
 def _default(obj: object) -> object:

@@ -30,8 +30,7 @@ from relayd.core.names import Kind, PVSpec
 from relayd.core.ring import Ring
 from relayd.core.values import Stored
 
-_NUMPY_DTYPE = {Kind.FLOAT: np.float64, Kind.INT: np.int32, Kind.CHAR: np.uint8}
-_EMPTY = {kind: np.empty(0, dtype=dt) for kind, dt in _NUMPY_DTYPE.items()}
+_EMPTY = {kind: np.empty(0, dtype=kind.dtype) for kind in Kind}
 for _array in _EMPTY.values():
     _array.flags.writeable = False
 
@@ -154,7 +153,7 @@ class BufferState(PVState):
         if isinstance(value, bytes):
             value = np.frombuffer(value, dtype=np.uint8)
         if self.ring is None:
-            self.ring = Ring(self.spec.count, _NUMPY_DTYPE[self.spec.kind])
+            self.ring = Ring(self.spec.count, self.spec.kind.dtype)
         self.ring.extend(value)  # type: ignore[arg-type]
         self.value = self.ring
         return self._stamp(self.alarm_value(), ts_ns, now)

@@ -43,7 +43,6 @@ INT32_MAX = 2**31 - 1
 Stored = Union[float, int, bytes, np.ndarray]
 
 _TEXT_TYPES = (str, bytes, bytearray, memoryview)
-_NUMPY_DTYPE = {Kind.FLOAT: np.float64, Kind.INT: np.int32}
 
 
 def _bad(spec: PVSpec, why: str) -> Refused:

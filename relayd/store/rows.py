@@ -26,8 +26,6 @@ from relayd.core.names import Grammar, Kind, PVSpec
 from relayd.core.pvstate import PVState
 from relayd.core.values import convert
 
-_DTYPE = {Kind.FLOAT: np.dtype("<f8"), Kind.INT: np.dtype("<i4"), Kind.CHAR: np.dtype("|u1")}
-
 
 @dataclass(frozen=True)
 class SavedPV:
@@ -52,7 +50,7 @@ def make(spec: PVSpec, value: object, ts_ns: int, meta: Meta) -> SavedPV:
     if value is None:
         stored: float | int | bytes | None = None
     elif isinstance(value, np.ndarray):
-        stored = value.astype(_DTYPE[spec.kind], copy=False).tobytes()
+        stored = value.astype(spec.kind.stored_dtype, copy=False).tobytes()
     else:
         stored = value  # type: ignore[assignment]  # a float, an int or bytes
     return SavedPV(spec.name, spec.kind.value, spec.count, spec.buffer, stored,
@@ -92,7 +90,7 @@ def restore(saved: SavedPV, grammar: Grammar | None = None) -> tuple[PVSpec, obj
         raw = value
     else:
         data = bytes(value)  # type: ignore[arg-type]
-        dtype = _DTYPE[spec.kind]
+        dtype = spec.kind.stored_dtype
         if len(data) % dtype.itemsize:
             raise Refused(Reason.BAD_VALUE, f"{saved.name}: saved array has a partial element")
         raw = np.frombuffer(data, dtype=dtype)
@@ -131,7 +129,7 @@ def to_json(saved: SavedPV) -> dict[str, Any]:
     elif spec.is_scalar and not spec.buffer:
         encoded = _json_number(value) if spec.kind is Kind.FLOAT else int(value)
     else:
-        array = np.frombuffer(bytes(value), dtype=_DTYPE[spec.kind])
+        array = np.frombuffer(bytes(value), dtype=spec.kind.stored_dtype)
         if spec.kind is Kind.FLOAT:
             encoded = [_json_number(x) for x in array.tolist()]
         else:
@@ -157,6 +155,6 @@ def from_json(item: dict[str, Any]) -> SavedPV:
         value = _from_json_number(raw) if kind is Kind.FLOAT else int(raw)
     else:
         numbers = [_from_json_number(x) for x in raw] if kind is Kind.FLOAT else raw
-        value = np.asarray(numbers, dtype=_DTYPE[kind]).tobytes()
+        value = np.asarray(numbers, dtype=kind.stored_dtype).tobytes()
     attrs = dict(item.get("attrs") or {})
     return SavedPV(spec.name, kind.value, count, buffer, value, int(item["ts_ns"]), attrs)

@@ -132,8 +132,7 @@ class Autosaver:
         self._dirty = {}
 
     def _hand(self, limit: int | None) -> None:
-        todo, start = self._todo, self._pos
-        assert todo is not None
+        todo, start = self._todo or [], self._pos
         end = len(todo) if limit is None else min(len(todo), start + limit)
         deleted, self._todo_deleted = self._todo_deleted, set()
         if end >= len(todo):

@@ -35,12 +35,14 @@ from typing import Any, Iterator
 import msgpack
 import numpy as np
 
+from relayd.core.names import Kind
+
 # Payload bytes per packet: fits the default socket buffer of every Linux.
 CHUNK = 60_000
 _HEADER = struct.Struct("!IHH")  # message id, chunk index, chunk count
 
 # msgpack extension codes for numpy arrays inside pipe messages.
-_EXT_DTYPES = {1: np.dtype("<f8"), 2: np.dtype("<i4"), 3: np.dtype("|u1")}
+_EXT_DTYPES = {1: Kind.FLOAT.stored_dtype, 2: Kind.INT.stored_dtype, 3: Kind.CHAR.stored_dtype}
 _EXT_CODES = {dtype: code for code, dtype in _EXT_DTYPES.items()}
 
 PUT, DELETE, META = 0, 1, 2

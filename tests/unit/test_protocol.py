@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from relayd.core import packed as packed_module
 from relayd.core import protocol
 from relayd.core.errors import Reason, Refused
 from relayd.core.protocol import EPICS_EPOCH, TS_MAX, Decoded, Update, decode, dumps, encode_update
@@ -486,7 +487,7 @@ def test_encode_numpy_scalars_as_numbers() -> None:
      ("q", "<i8"), ("Q", "<u8"), ("f", "<f4"), ("d", "<f8")],
 )
 def test_array_array_packed(typecode: str, typestr: str) -> None:
-    typestr = typestr.replace("<", protocol._NATIVE)
+    typestr = typestr.replace("<", packed_module._NATIVE)
     sent = array.array(typecode, [0, 1, 2, 100])
     packed = protocol.pack_array(sent)
     assert packed == {"dtype": typestr, "data": sent.tobytes()}
@@ -571,7 +572,7 @@ array_arrays = st.sampled_from("bBhHiIlLqQfd").flatmap(
 
 def _expected(value: object) -> object:
     if isinstance(value, np.ndarray):
-        return ("packed", value.dtype.str.replace("=", protocol._NATIVE), value.tobytes())
+        return ("packed", value.dtype.str.replace("=", packed_module._NATIVE), value.tobytes())
     if isinstance(value, array.array):
         return ("packed", protocol.pack_array(value)["dtype"], value.tobytes())
     if isinstance(value, tuple):
