@@ -1,31 +1,48 @@
-"""The supervisor: relayd's parent process, which runs and watches its two children.
+"""The supervisor: relayd's parent process, which runs and watches its children.
 
-It creates the internal pipe, starts the CA server process and the ingest worker
-(``python -m MODULE``, the role's module in `ROLES`), restarts a child that dies, and
-stops both cleanly.
+It creates the internal pipe, starts the CA server process and the workers (``python -m
+MODULE``, each role's module in `ROLES`), restarts a child that dies, and stops them all
+cleanly: every worker first, the CA server (which drains the pipe) last.
 Modelled on gunicorn's arbiter: signal handlers only enqueue the signal; one loop waits
-for signals, child messages (lifelines), and timers, and handles each in turn.
+for signals, child messages (lifelines) and timers, and handles each in turn. `run` is
+that loop over `start`, `turn` and `close`; a test drives the same turns one at a time,
+with its own `popen` and `clock`.
 
-Life of one child (`Child` holds it; no I/O there, so it is tested with values alone):
+Life of one child: the table is `relayd.supervise.lifecycle.TRANSITIONS` (each row
+commented there; a unit test keeps this copy the same), applied by `Child`, which holds
+no I/O. The supervisor turns what it sees into the event and carries out the action:
 
-====================  =================================  =========  =========================
-state                 event                              next       what the supervisor does
-====================  =================================  =========  =========================
-starting              lifeline says ready                running    boot-failure count reset
-starting              exits with BOOT_FAILED             fatal      the relay stops, exit 3
-starting              dies, fewer than MAX_BOOT_TRIES    backoff    restarts after the delay
-starting              dies the MAX_BOOT_TRIES-th time    fatal      the relay stops, exit 3
-running               dies                               backoff    logs why, restarts later
-running               silent for heartbeat_timeout       running    SIGKILL (then: dies)
-backoff               delay over                         starting   spawned again
-starting/running      relay stops                        stopping   SIGTERM (ingest first)
-stopping              dies                               stopped
-stopping              grace period over                  stopping   SIGKILL
-====================  =================================  =========  =========================
+========  ===========================  ========  ==============================
+state     event                        next      what the supervisor does
+========  ===========================  ========  ==============================
+stopped   relay starts                 starting  spawn it
+stopped   relay stops                  stopped   -
+starting  process spawned              starting  -
+starting  says ready                   running   log ready, tell restarts
+starting  beats                        starting  -
+starting  dies                         backoff   log why, spawn after backoff
+starting  exits with BOOT_FAILED       fatal     log reason, stop relay, exit 3
+starting  dies MAX_BOOT_TRIES-th time  fatal     log reason, stop relay, exit 3
+starting  heartbeat missed             starting  SIGKILL
+starting  relay stops                  stopping  SIGTERM (workers first)
+running   says ready                   running   -
+running   beats                        running   -
+running   dies                         backoff   log why, spawn after backoff
+running   heartbeat missed             running   SIGKILL
+running   relay stops                  stopping  SIGTERM (workers first)
+backoff   backoff delay over           starting  spawn it
+backoff   relay stops                  stopped   -
+stopping  says ready                   stopping  -
+stopping  beats                        stopping  -
+stopping  dies                         stopped   log that it stopped
+stopping  stop grace over              stopping  SIGKILL
+fatal     relay stops                  fatal     -
+========  ===========================  ========  ==============================
 
 The backoff delay doubles from BACKOFF_FIRST up to BACKOFF_MAX, and starts over once a
-child has run for STABLE seconds. The children die with the supervisor (Linux parent
-death signal, and EOF on their lifeline), so killing it leaves no orphans.
+child has run for STABLE seconds. Restart counts go to the CA server for its status PVs.
+The children die with the supervisor (Linux parent death signal, and EOF on their
+lifeline), so killing it leaves no orphans.
 """
 
 from __future__ import annotations
@@ -40,90 +57,27 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from relayd.supervise.child import BOOT_FAILED
 from relayd.config import Config
+from relayd.supervise.child import BOOT_FAILED
+from relayd.supervise.lifecycle import Action, Child, describe_exit
 from relayd.supervise.lifeline import Lifeline
 from relayd.supervise.pipe import socket_pair
 
 log = logging.getLogger("relayd.supervisor")
 
-# Each role and the module that runs it (``python -m MODULE``), in start order; the stop
-# order is the reverse. Named, not imported: the supervisor never loads a child's code.
+# Each role and the module that runs it (``python -m MODULE``), in start order. Named,
+# not imported: the supervisor never loads a child's code. This is the one list of roles.
 ROLES = {"ca-server": "relayd.ca", "ingest": "workers.ingest"}
-BACKOFF_FIRST = 0.5
-BACKOFF_MAX = 30.0
-STABLE = 60.0
-MAX_BOOT_TRIES = 5
-TICK = 0.5
+# The role that serves CA and reads the internal pipe; every other role is a worker,
+# which writes to the pipe. Workers stop first, so that the CA server can drain the pipe.
+CA_SERVER = "ca-server"
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+TICK = 0.5  # seconds a turn waits for a signal or a message
 
 
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    if code == BOOT_FAILED:
-        return "could not boot"
-    return f"exited with code {code}"
-
-
-@dataclass
-class Child:
-    """The lifecycle of one child process (pure: times are passed in)."""
-
-    role: str
-    state: str = "stopped"
-    pid: int | None = None
-    restarts: int = 0
-    boot_failures: int = 0
-    backoff: float = BACKOFF_FIRST
-    started_at: float = 0.0
-    last_beat: float = 0.0
-    restart_at: float = 0.0
-    fatal_reason: str = ""
-
-    def started(self, pid: int, now: float) -> None:
-        self.state, self.pid, self.started_at, self.last_beat = "starting", pid, now, now
-
-    def ready(self, now: float) -> None:
-        if self.state == "starting":
-            self.state = "running"
-            self.boot_failures = 0
-        self.last_beat = now
-
-    def beat(self, now: float) -> None:
-        self.last_beat = now
-
-    def hung(self, now: float, timeout: float) -> bool:
-        return self.state in ("starting", "running") and now - self.last_beat > timeout
-
-    def exited(self, code: int, now: float) -> str:
-        """Record the exit; return what to do: "stopped", "restart" or "fatal"."""
-        self.pid = None
-        if self.state == "stopping":
-            self.state = "stopped"
-            return "stopped"
-        if self.state == "starting":
-            self.boot_failures += 1
-            if code == BOOT_FAILED or self.boot_failures >= MAX_BOOT_TRIES:
-                self.state = "fatal"
-                if code != BOOT_FAILED:
-                    self.fatal_reason = (
-                        f"died {self.boot_failures} times before it was ready "
-                        f"(last: {describe_exit(code)})"
-                    )
-                return "fatal"
-        if now - self.started_at >= STABLE:
-            self.backoff = BACKOFF_FIRST
-        self.state = "backoff"
-        self.restart_at = now + self.backoff
-        self.backoff = min(self.backoff * 2, BACKOFF_MAX)
-        self.restarts += 1
-        return "restart"
-
-    def stopping(self) -> None:
-        self.state = "stopping" if self.pid is not None else "stopped"
+def stop_order() -> list[str]:
+    """Every worker, then the CA server."""
+    return [role for role in ROLES if role != CA_SERVER] + [CA_SERVER]
 
 
 @dataclass
@@ -133,7 +87,6 @@ class Running:
     process: subprocess.Popen
     lifeline: Lifeline
     watched: bool = True  # lifeline registered with the selector
-    terminated: bool = False  # SIGTERM sent
 
 
 @dataclass
@@ -148,31 +101,56 @@ class Supervisor:
     exit_code: int = 0
     _signals: list[int] = field(default_factory=list)
     _stop_deadline: float | None = None
+    _terminate: list[str] = field(default_factory=list)  # SIGTERM due, in stop order
 
     def run(self) -> int:
+        """The whole life of the relay: start, turns until every child has stopped."""
+        self.start()
+        try:
+            while not self.done:
+                self.turn(TICK)
+        finally:
+            self.close()
+        return self.exit_code
+
+    @property
+    def done(self) -> bool:
+        return self._stop_deadline is not None and not self.running
+
+    def start(self) -> None:
+        """Set up the pipe, the selector and the signal handlers; spawn every role."""
         self.children = {role: Child(role) for role in ROLES}
         self.reader, self.writer = socket_pair(self.config.pipe_buffer)
         self.selector = selectors.DefaultSelector()
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_r, False)
-        os.set_blocking(wake_w, False)
-        self.selector.register(wake_r, selectors.EVENT_READ, None)
-        signal.set_wakeup_fd(wake_w)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-            signal.signal(signum, self._enqueue)
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._old_wakeup_fd = signal.set_wakeup_fd(self._wake_w)
+        self._old_handlers = {signum: signal.signal(signum, self._enqueue)
+                              for signum in SIGNALS}
         for role in ROLES:
-            self.spawn(role)
-        try:
-            while not self._done():
-                self._wait(wake_r)
-                self._handle_signals()
-                self._reap()
-                self._timers()
-        finally:
-            signal.set_wakeup_fd(-1)
-            os.close(wake_r)
-            os.close(wake_w)
-        return self.exit_code
+            self._act(role, self.children[role].start())
+
+    def turn(self, timeout: float) -> None:
+        """Wait up to `timeout` for a signal or a message, then handle what there is."""
+        self._wait(timeout)
+        self._handle_signals()
+        self._reap()
+        self._timers(self.clock())
+
+    def close(self) -> None:
+        """Give back what `start` took: signal handlers, file descriptors."""
+        signal.set_wakeup_fd(self._old_wakeup_fd)
+        for signum, handler in self._old_handlers.items():
+            signal.signal(signum, handler)
+        for role in list(self.running):
+            self._forget(role)
+        self.selector.close()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+        self.reader.close()
+        self.writer.close()
 
     # --- signals: the handler only enqueues ------------------------------------------
 
@@ -187,11 +165,59 @@ class Supervisor:
                     log.info("%s received: stopping", signal.Signals(signum).name)
                 self.stop()
 
-    # --- children ------------------------------------------------------------------------
+    def _wait(self, timeout: float) -> None:
+        """Sleep until a signal, a lifeline message or `timeout`; read the messages."""
+        for key, _ in self.selector.select(timeout):
+            if key.data is None:
+                try:
+                    while os.read(self._wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+                continue
+            self._messages(key.data)
 
-    def spawn(self, role: str) -> None:
+    # --- the actions of the lifecycle table ------------------------------------------------
+
+    def _act(self, role: str, action: Action) -> None:
+        """Carry out what the lifecycle table decided for `role`."""
+        ACTIONS[action](self, role)
+
+    def _nothing(self, role: str) -> None:
+        pass
+
+    def _announce(self, role: str) -> None:
+        log.info("%s ready (pid %d)", role, self.children[role].pid)
+        self._tell_restarts()
+
+    def _restart(self, role: str) -> None:
+        child = self.children[role]
+        log.warning("%s %s; restarting in %.1f s (restart %d)", role,
+                    describe_exit(child.last_exit), child.restart_at - self.clock(),
+                    child.restarts)
+        self._tell_restarts()
+
+    def _give_up(self, role: str) -> None:
+        child = self.children[role]
+        log.error("relayd cannot start: %s: %s", role,
+                  child.fatal_reason or describe_exit(child.last_exit))
+        self.exit_code = BOOT_FAILED
+        self.stop()
+
+    def _queue_terminate(self, role: str) -> None:
+        self._terminate.append(role)  # sent in stop order by `_terminate_in_order`
+
+    def _kill(self, role: str) -> None:
+        if role in self._terminate:
+            self._terminate.remove(role)
+        self._signal(role, signal.SIGKILL)
+
+    def _report(self, role: str) -> None:
+        log.info("%s stopped (%s)", role, describe_exit(self.children[role].last_exit))
+
+    def _spawn(self, role: str) -> None:
         parent_end, child_end = Lifeline.pair()
-        pipe_end = self.reader if role == "ca-server" else self.writer
+        pipe_end = self.reader if role == CA_SERVER else self.writer
         command = [
             sys.executable, "-m", ROLES[role],
             "--config-json", self.config.to_json(),
@@ -200,38 +226,34 @@ class Supervisor:
             "--pipe-fd", str(pipe_end.fileno()),
         ]
         fds = [child_end.fileno(), pipe_end.fileno()]
-        if role == "ca-server":
+        if role == CA_SERVER:
             command += ["--pipe-writer-fd", str(self.writer.fileno())]
             fds.append(self.writer.fileno())
-        process = self.popen(command, pass_fds=fds)
-        child_end.close()
+        try:
+            process = self.popen(command, pass_fds=fds)
+        finally:
+            child_end.close()
         lifeline = Lifeline(parent_end)
         self.running[role] = Running(process, lifeline)
         self.selector.register(lifeline.fileno(), selectors.EVENT_READ, role)
         self.children[role].started(process.pid, self.clock())
         log.debug("started %s (pid %d)", role, process.pid)
 
-    def _unwatch(self, running: Running) -> None:
-        if running.watched:
-            self.selector.unregister(running.lifeline.fileno())
-            running.watched = False
+    def _signal(self, role: str, signum: int) -> None:
+        running = self.running.get(role)
+        if running is not None:
+            try:
+                running.process.send_signal(signum)
+            except ProcessLookupError:
+                pass
 
-    def _forget(self, role: str) -> Running:
-        running = self.running.pop(role)
-        self._unwatch(running)
-        running.lifeline.close()
-        return running
+    def _tell_restarts(self) -> None:
+        counts = {role: child.restarts for role, child in self.children.items()}
+        running = self.running.get(CA_SERVER)
+        if running is not None:
+            running.lifeline.send(restarts=counts)
 
-    def _wait(self, wake_r: int) -> None:
-        for key, _ in self.selector.select(TICK):
-            if key.data is None:
-                try:
-                    while os.read(wake_r, 512):
-                        pass
-                except BlockingIOError:
-                    pass
-                continue
-            self._messages(key.data)
+    # --- what the children say, and their exits ----------------------------------------------
 
     def _messages(self, role: str) -> None:
         running = self.running.get(role)
@@ -241,9 +263,7 @@ class Supervisor:
         now = self.clock()
         for message in running.lifeline.receive():
             if message.get("ready"):
-                child.ready(now)
-                log.info("%s ready (pid %d)", role, running.process.pid)
-                self._tell_restarts()
+                self._act(role, child.ready(now))
             elif "fatal" in message:
                 child.fatal_reason = str(message["fatal"])
             else:
@@ -258,69 +278,66 @@ class Supervisor:
                 continue
             self._messages(role)  # what it said last (a fatal reason) before it died
             self._forget(role)
-            child = self.children[role]
-            action = child.exited(code, self.clock())
-            if action == "stopped":
-                log.info("%s stopped (%s)", role, describe_exit(code))
-            elif action == "restart":
-                log.warning("%s %s; restarting in %.1f s (restart %d)", role,
-                            describe_exit(code), child.restart_at - self.clock(), child.restarts)
-                self._tell_restarts()
-            else:
-                reason = child.fatal_reason or describe_exit(code)
-                log.error("relayd cannot start: %s: %s", role, reason)
-                self.exit_code = BOOT_FAILED
-                self.stop()
+            self._act(role, self.children[role].exited(code, self.clock()))
 
-    def _timers(self) -> None:
-        now = self.clock()
+    def _unwatch(self, running: Running) -> None:
+        if running.watched:
+            self.selector.unregister(running.lifeline.fileno())
+            running.watched = False
+
+    def _forget(self, role: str) -> Running:
+        running = self.running.pop(role)
+        self._unwatch(running)
+        running.lifeline.close()
+        return running
+
+    # --- timers --------------------------------------------------------------------------------
+
+    def _timers(self, now: float) -> None:
         if self._stop_deadline is not None:
-            if "ingest" not in self.running and "ca-server" in self.running:
-                self._signal("ca-server", signal.SIGTERM, once=True)
+            self._terminate_in_order()
             if now >= self._stop_deadline:
                 for role in list(self.running):
-                    log.warning("%s did not stop within %.0f s: killing it", role,
-                                self.config.stop_grace)
-                    self._signal(role, signal.SIGKILL)
-            return
+                    action = self.children[role].grace_over()
+                    if action is Action.KILL:
+                        log.warning("%s did not stop within %.0f s: killing it", role,
+                                    self.config.stop_grace)
+                    self._act(role, action)
         for role, child in self.children.items():
-            if child.state == "backoff" and now >= child.restart_at:
-                self.spawn(role)
-            elif child.hung(now, self.config.heartbeat_timeout) and role in self.running:
+            if child.due(now):
+                self._act(role, child.delay_over())
+            elif child.hung(now, self.config.heartbeat_timeout):
                 log.error("%s (pid %d) sent no heartbeat for %.0f s: killing it", role,
                           child.pid, self.config.heartbeat_timeout)
-                self._signal(role, signal.SIGKILL)
-                child.last_beat = now  # one kill per timeout
+                self._act(role, child.silent(now))
 
-    def _signal(self, role: str, signum: int, once: bool = False) -> None:
-        running = self.running.get(role)
-        if running is None:
-            return
-        if once:
-            if running.terminated:
-                return
-            running.terminated = True
-        try:
-            running.process.send_signal(signum)
-        except ProcessLookupError:
-            pass
-
-    def _tell_restarts(self) -> None:
-        counts = {role: child.restarts for role, child in self.children.items()}
-        running = self.running.get("ca-server")
-        if running is not None:
-            running.lifeline.send(restarts=counts)
+    def _terminate_in_order(self) -> None:
+        """SIGTERM to every worker at once; to the CA server once every worker is gone."""
+        workers_left = any(role in self.running for role in ROLES if role != CA_SERVER)
+        for role in list(self._terminate):
+            if role != CA_SERVER or not workers_left:
+                self._terminate.remove(role)
+                self._signal(role, signal.SIGTERM)
 
     # --- stopping ----------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop the ingest worker first, then the CA process (which drains the pipe)."""
+        """Stop the relay: every worker first, then the CA server (which drains the pipe);
+        whatever has not stopped after the grace period is killed."""
         if self._stop_deadline is not None:
             return
         self._stop_deadline = self.clock() + self.config.stop_grace
-        for child in self.children.values():
-            child.stopping()
-        self._signal("ingest", signal.SIGTERM, once=True)
+        for role in stop_order():
+            self._act(role, self.children[role].stop())
 
-    def _done(self) -> bool:
-        return self._stop_deadline is not None and not self.running
+
+ACTIONS: dict[Action, Callable[[Supervisor, str], None]] = {
+    Action.NOTHING: Supervisor._nothing,
+    Action.SPAWN: Supervisor._spawn,
+    Action.ANNOUNCE: Supervisor._announce,
+    Action.RESTART: Supervisor._restart,
+    Action.GIVE_UP: Supervisor._give_up,
+    Action.TERMINATE: Supervisor._queue_terminate,
+    Action.KILL: Supervisor._kill,
+    Action.REPORT: Supervisor._report,
+}
