@@ -135,6 +135,7 @@ class Supervisor:
     def turn(self, timeout: float) -> None:
         """Wait up to `timeout` for a signal or a message, then handle what there is."""
         self._wait(timeout)
+        self._listen(list(self.running))
         self._handle_signals()
         self._reap()
         self._timers(self.clock())
@@ -166,7 +167,8 @@ class Supervisor:
                 self.stop()
 
     def _wait(self, timeout: float) -> None:
-        """Sleep until a signal, a lifeline message or `timeout`; read the messages."""
+        """Sleep until a signal, a lifeline message or `timeout`. The lifelines are read
+        afterwards (`_listen`), all of them, whatever woke the loop."""
         for key, _ in self.selector.select(timeout):
             if key.data is None:
                 try:
@@ -174,8 +176,6 @@ class Supervisor:
                         pass
                 except BlockingIOError:
                     pass
-                continue
-            self._messages(key.data)
 
     # --- the actions of the lifecycle table ------------------------------------------------
 
@@ -255,28 +255,35 @@ class Supervisor:
 
     # --- what the children say, and their exits ----------------------------------------------
 
-    def _messages(self, role: str) -> None:
-        running = self.running.get(role)
-        if running is None:
-            return
-        child = self.children[role]
+    def _listen(self, roles: list[str]) -> None:
+        """Read what every child in `roles` said, then act on it.
+
+        Everything is read before anything is acted on: acting may send to a child (the
+        restart counts), and a send that meets a dead child's socket marks its lifeline
+        closed, which would hide the last words (a boot failure's reason) still queued.
+        """
+        said = [(role, message) for role in roles if role in self.running
+                for message in self.running[role].lifeline.receive()]
         now = self.clock()
-        for message in running.lifeline.receive():
+        for role, message in said:
+            child = self.children[role]
             if message.get("ready"):
                 self._act(role, child.ready(now))
             elif "fatal" in message:
                 child.fatal_reason = str(message["fatal"])
             else:
                 child.beat(now)
-        if running.lifeline.closed:
-            self._unwatch(running)  # the child has gone; its exit is reaped below
+        for role in roles:
+            running = self.running.get(role)
+            if running is not None and running.lifeline.closed:
+                self._unwatch(running)  # the child has gone; its exit is reaped below
 
     def _reap(self) -> None:
         for role in list(self.running):
             code = self.running[role].process.poll()
             if code is None:
                 continue
-            self._messages(role)  # what it said last (a fatal reason) before it died
+            self._listen([role])  # what it said last (a fatal reason) before it died
             self._forget(role)
             self._act(role, self.children[role].exited(code, self.clock()))
 

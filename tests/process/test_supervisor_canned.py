@@ -327,6 +327,21 @@ def test_boot_failed_stops_the_relay_at_once_with_the_childs_reason(rig: Rig) ->
     assert len(rig.launcher.spawned) == 2
 
 
+def test_a_boot_failure_reason_is_kept_when_another_child_is_ready_in_the_same_turn(
+        rig: Rig) -> None:
+    """The worker's ready makes the supervisor send the restart counts to the CA server.
+    If the CA server has just failed to boot, that send meets its closed socket: the
+    reason it sent before it exited, already queued, must still be read."""
+    rig.start(ready=False)
+    ca, ingest = rig.launcher.spawned
+    ingest.say(ready=True)
+    ca.say(fatal="cannot use CA port 127.0.0.1:5064: in use")
+    ca.exit(BOOT_FAILED)
+    rig.turn()
+    assert rig.logged("relayd cannot start: ca-server: cannot use CA port 127.0.0.1:5064: "
+                      "in use", logging.ERROR)
+
+
 def test_boot_failed_without_a_reason_says_could_not_boot(rig: Rig) -> None:
     rig.start(ready=False)
     rig.launcher.latest("ingest").exit(BOOT_FAILED)

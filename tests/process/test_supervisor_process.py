@@ -7,16 +7,19 @@ gone), signals them, and watches the exit code, the log and /proc.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
+from relayd.client import Client
 from tests.harness import RelayProcess, free_port, unique_prefix, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -290,6 +293,56 @@ def test_ca_port_in_use_stops_relayd(relays: Relays) -> None:
     assert "relayd cannot start: ca-server" in log
     assert "restarting" not in log
     assert relayd_children_in_group(relay.pid) == []
+
+
+# --- the supervisor paused -----------------------------------------------------------------------
+
+
+def saved_values(relay: SessionRelay) -> dict[str, object]:
+    """The relay's PVs as its autosave store holds them (``relayd autosave export``)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "relayd", "autosave", "export", "--autosave",
+         str(relay.autosave_path)], capture_output=True, timeout=30, check=True)
+    return {pv["name"]: pv["value"] for pv in json.loads(done.stdout)["pvs"]}
+
+
+def answers(relay: SessionRelay, name: str, value: float) -> None:
+    """Push `value` to `name` over ZMQ and wait until the CA process has saved it: the
+    ingest worker, the pipe and the CA process all work."""
+    with Client(relay.endpoint) as client:
+        client.put(name, value)
+    wait_for(lambda: saved_values(relay).get(f"{relay.prefix}:{name}") == value, 15.0,
+             what=f"{name} = {value} pushed and saved")
+
+
+def holds_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    """Fail as soon as `condition` is false within the next `seconds`."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        assert condition(), what
+        time.sleep(0.05)
+
+
+def test_a_paused_supervisor_keeps_its_healthy_children(relays: Relays) -> None:
+    """The supervisor stopped (SIGSTOP, as a debugger or a paused VM would) for twice the
+    heartbeat timeout: its children beat all along, and must not pay for its pause."""
+    relay = relays.start("--heartbeat-timeout", "2")
+    children = relays.children(relay)
+    answers(relay, "before_f1", 1.0)
+    os.kill(relay.pid, signal.SIGSTOP)
+    try:
+        time.sleep(4.0)  # the pause under test
+    finally:
+        os.kill(relay.pid, signal.SIGCONT)
+    answers(relay, "after_f1", 2.0)
+    holds_for(lambda: relay.child_pids() == children, 3.0,  # more than the timeout
+              what=f"children replaced after the pause:\n{relay.log_text()}")
+    log = relay.log_text()
+    assert "sent no heartbeat" not in log, log
+    assert "restarting" not in log, log
+    relay.process.send_signal(signal.SIGTERM)
+    code, _ = wait_exit(relay, STOP_GRACE + 5)
+    assert code == 0, relay.log_text()
 
 
 # --- the supervisor dies ------------------------------------------------------------------------
