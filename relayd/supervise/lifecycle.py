@@ -35,6 +35,7 @@ class State(Enum):
     RUNNING = "running"  # said ready
     BACKOFF = "backoff"  # died; to be spawned again at `restart_at`
     STOPPING = "stopping"  # the relay stops: SIGTERM sent (or due), waiting for the exit
+    KILLED = "killed"  # stopping, and SIGKILL sent after the grace period: waiting for it
     FATAL = "fatal"  # cannot boot: the relay stops and exits with BOOT_FAILED
 
 
@@ -106,7 +107,13 @@ TRANSITIONS: dict[State, dict[Event, Transition]] = {
         E.READY: _row(S.STOPPING),  # late news: it is stopping anyway
         E.BEAT: _row(S.STOPPING),  # still draining
         E.EXITED: _row(S.STOPPED, A.REPORT),  # stopped, whatever its exit code
-        E.GRACE_OVER: _row(S.STOPPING, A.KILL),  # did not stop in time
+        E.GRACE_OVER: _row(S.KILLED, A.KILL),  # did not stop in time
+    },
+    S.KILLED: {
+        E.READY: _row(S.KILLED),  # said before it was killed
+        E.BEAT: _row(S.KILLED),  # said before it was killed
+        E.EXITED: _row(S.STOPPED, A.REPORT),  # the kill took
+        E.GRACE_OVER: _row(S.KILLED),  # killed once: a kill can take a while (D state)
     },
     S.FATAL: {
         E.STOP: _row(S.FATAL),  # already gone; the relay stops because of it

@@ -35,7 +35,11 @@ backoff   relay stops                  stopped   -
 stopping  says ready                   stopping  -
 stopping  beats                        stopping  -
 stopping  dies                         stopped   log that it stopped
-stopping  stop grace over              stopping  SIGKILL
+stopping  stop grace over              killed    SIGKILL
+killed    says ready                   killed    -
+killed    beats                        killed    -
+killed    dies                         stopped   log that it stopped
+killed    stop grace over              killed    -
 fatal     relay stops                  fatal     -
 ========  ===========================  ========  ==============================
 

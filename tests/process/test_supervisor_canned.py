@@ -474,6 +474,25 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period(rig: Rig)
     assert rig.supervisor.exit_code == 0
 
 
+def test_after_the_grace_period_a_child_is_killed_once_and_warned_about_once(rig: Rig) -> None:
+    """A child that takes a while to die even from SIGKILL (in D state: a hung NFS read,
+    a slow core dump) gets one SIGKILL and one warning, not one per turn (#10)."""
+    rig.launcher.on_signal["ca-server"] = {}
+    rig.start()
+    ca = rig.launcher.latest("ca-server")
+    rig.supervisor.stop()
+    rig.advance(GRACE + 10 * TICK)
+    assert ca.signals == [signal.SIGTERM, signal.SIGKILL]
+    assert len(rig.logged("did not stop within")) == 1
+    assert rig.state("ca-server") is State.KILLED
+    assert not rig.supervisor.done
+    ca.exit(KILLED)
+    rig.turn()
+    assert rig.logged("ca-server stopped (was killed by SIGKILL)", logging.INFO)
+    assert rig.supervisor.done
+    assert ca.signals == [signal.SIGTERM, signal.SIGKILL]
+
+
 # --- run ----------------------------------------------------------------------------------------
 
 

@@ -62,7 +62,7 @@ def test_every_state_event_and_action_is_used() -> None:
     assert targets == set(State)  # every state can be reached
 
 
-PROCESS_STATES = {State.STARTING, State.RUNNING, State.STOPPING}
+PROCESS_STATES = {State.STARTING, State.RUNNING, State.STOPPING, State.KILLED}
 
 
 @pytest.mark.parametrize("state", list(State))
@@ -340,7 +340,8 @@ def test_starting_child_can_hang_too() -> None:
     assert not child.hung(T0 + 2.5, 2)
 
 
-@pytest.mark.parametrize("state", [State.STOPPED, State.BACKOFF, State.STOPPING, State.FATAL])
+@pytest.mark.parametrize("state", [State.STOPPED, State.BACKOFF, State.STOPPING, State.KILLED,
+                                   State.FATAL])
 def test_only_live_states_hang(state: State) -> None:
     child = running()
     child.state = state
@@ -409,10 +410,15 @@ def test_stopping_without_a_process_is_stopped_at_once() -> None:
     assert not child.due(child.restart_at)  # and is not spawned again
 
 
-def test_grace_over_kills() -> None:
+def test_grace_over_kills_once() -> None:
     child = running()
     child.stop()
     assert child.grace_over() is Action.KILL
+    assert child.state is State.KILLED
+    for _ in range(3):  # the supervisor's next turns, before the kill has taken
+        assert child.grace_over() is Action.NOTHING
+    assert child.beat(T0 + 19) is Action.NOTHING  # said before the kill
+    assert not child.hung(T0 + 10_000, 1)
     assert child.exited(KILLED, T0 + 20) is Action.REPORT
     assert child.state is State.STOPPED
 
