@@ -77,6 +77,9 @@ ROLES = {"ca-server": "relayd.ca", "ingest": "workers.ingest"}
 CA_SERVER = "ca-server"
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
 TICK = 0.5  # seconds a turn waits for a signal or a message
+# A turn that comes more than this after the previous one (normally TICK at most): the
+# supervisor itself was paused, not its children.
+PAUSE = 4 * TICK
 
 
 def stop_order() -> list[str]:
@@ -106,6 +109,7 @@ class Supervisor:
     _signals: list[int] = field(default_factory=list)
     _stop_deadline: float | None = None
     _terminate: list[str] = field(default_factory=list)  # SIGTERM due, in stop order
+    _last_turn: float = 0.0
 
     def run(self) -> int:
         """The whole life of the relay: start, turns until every child has stopped."""
@@ -133,12 +137,14 @@ class Supervisor:
         self._old_wakeup_fd = signal.set_wakeup_fd(self._wake_w)
         self._old_handlers = {signum: signal.signal(signum, self._enqueue)
                               for signum in SIGNALS}
+        self._last_turn = self.clock()
         for role in ROLES:
             self._act(role, self.children[role].start())
 
     def turn(self, timeout: float) -> None:
         """Wait up to `timeout` for a signal or a message, then handle what there is."""
         self._wait(timeout)
+        self._notice_pause(self.clock())
         self._listen(list(self.running))
         self._handle_signals()
         self._reap()
@@ -180,6 +186,17 @@ class Supervisor:
                         pass
                 except BlockingIOError:
                     pass
+
+    def _notice_pause(self, now: float) -> None:
+        """After a pause of its own (SIGSTOP, a debugger, a suspended VM), the silence of
+        the children was the supervisor's deafness: their heartbeat clocks start over,
+        instead of both healthy children being killed at the first turn (#11)."""
+        paused, self._last_turn = now - self._last_turn, now
+        if paused > PAUSE:
+            log.warning("the supervisor was paused for %.1f s (SIGSTOP, a debugger, a "
+                        "suspended VM?); its children's heartbeat clocks start over", paused)
+            for child in self.children.values():
+                child.excuse_silence(now)
 
     # --- the actions of the lifecycle table ------------------------------------------------
 

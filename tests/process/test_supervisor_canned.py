@@ -390,6 +390,35 @@ def test_a_silent_child_that_does_not_die_is_killed_once_per_timeout(rig: Rig) -
     assert len(rig.logged("sent no heartbeat")) == 2
 
 
+def test_a_pause_of_the_supervisor_is_not_the_childrens_silence(rig: Rig) -> None:
+    """The whole machine was paused (a suspended VM), or the supervisor was stopped and
+    the children's beats meanwhile were lost: a turn that comes far later than TICK
+    after the previous one tells the supervisor that it was the one not listening (#11).
+    """
+    rig.start()
+    rig.advance(HEARTBEAT)
+    rig.clock.now += 3 * HEARTBEAT  # nobody ran, nobody beat
+    rig.turn()
+    assert [child.signals for child in rig.launcher.spawned] == [[], []]
+    assert rig.logged("the supervisor was paused for 12.0 s", logging.WARNING) == [
+        "the supervisor was paused for 12.0 s (SIGSTOP, a debugger, a suspended VM?); "
+        "its children's heartbeat clocks start over"]
+    rig.advance(2 * HEARTBEAT)
+    assert [child.signals for child in rig.launcher.spawned] == [[], []]
+    assert len(rig.launcher.spawned) == 2
+    assert len(rig.logged("was paused")) == 1
+    # Heartbeats are still judged: a child that then goes silent is killed as before.
+    rig.advance(HEARTBEAT + TICK, beating=("ca-server",))
+    assert rig.launcher.latest("ingest").signals == [signal.SIGKILL]
+
+
+def test_a_slow_turn_is_not_a_pause(rig: Rig) -> None:
+    rig.start()
+    rig.clock.now += supervisor_module.PAUSE
+    rig.turn()
+    assert not rig.logged("was paused")
+
+
 def test_a_child_silent_while_starting_is_killed_too(rig: Rig) -> None:
     rig.start(ready=False)
     rig.advance(HEARTBEAT + TICK, beating=("ingest",))

@@ -340,6 +340,9 @@ def test_a_paused_supervisor_keeps_its_healthy_children(relays: Relays) -> None:
     log = relay.log_text()
     assert "sent no heartbeat" not in log, log
     assert "restarting" not in log, log
+    paused = [line for line in log.splitlines() if "the supervisor was paused for" in line]
+    assert len(paused) == 1 and "WARNING" in paused[0], log
+    assert 3.5 < float(paused[0].split("paused for ")[1].split(" s")[0]) < 6.0, paused
     relay.process.send_signal(signal.SIGTERM)
     code, _ = wait_exit(relay, STOP_GRACE + 5)
     assert code == 0, relay.log_text()
