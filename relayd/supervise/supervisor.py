@@ -82,9 +82,14 @@ TICK = 0.5  # seconds a turn waits for a signal or a message
 PAUSE = 4 * TICK
 
 
+def workers() -> list[str]:
+    """Every role but the CA server, in start order."""
+    return [role for role in ROLES if role != CA_SERVER]
+
+
 def stop_order() -> list[str]:
     """Every worker, then the CA server."""
-    return [role for role in ROLES if role != CA_SERVER] + [CA_SERVER]
+    return workers() + [CA_SERVER]
 
 
 @dataclass
@@ -341,7 +346,7 @@ class Supervisor:
 
     def _terminate_in_order(self) -> None:
         """SIGTERM to every worker at once; to the CA server once every worker is gone."""
-        workers_left = any(role in self.running for role in ROLES if role != CA_SERVER)
+        workers_left = any(role in self.running for role in workers())
         for role in list(self._terminate):
             if role != CA_SERVER or not workers_left:
                 self._terminate.remove(role)
