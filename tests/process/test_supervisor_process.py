@@ -1,4 +1,4 @@
-"""The real Supervisor (relayd.supervisor) running relayd's children, without CA clients.
+"""The real Supervisor (relayd.supervise.supervisor) running relayd's children, without CA clients.
 
 Each test starts ``python -m relayd`` on free loopback ports (CA and ZMQ), finds its
 children through /proc (parent pid and process title; process group once the parent is
