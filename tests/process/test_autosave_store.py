@@ -7,11 +7,14 @@ full disk, since the store is a plain class, not a protocol.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import queue
 import sqlite3
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +25,11 @@ from relayd.store.paths import default_path
 from relayd.store.sqlite import MIGRATIONS, SCHEMA_VERSION, Store
 from relayd.store import writer
 from relayd.store.writer import Autosaver
-from relayd.core.errors import BootError
+from relayd.core.errors import BootError, Refused
 from relayd.core.meta import DEFAULT_META, Meta
 from relayd.core.names import Grammar
 from relayd.core.pvstate import PVState, new_state
-from relayd.store.rows import SavedPV, from_state
+from relayd.store.rows import SavedPV, from_state, restore
 from relayd.core.values import convert
 from tests.harness import wait_for
 
@@ -170,6 +173,16 @@ def test_a_full_database_is_reported_as_full(store: Store) -> None:
     fill_up(store)
     with pytest.raises(sqlite3.OperationalError, match="full"):
         store.write([saved("big_f100000", [0.0] * 100_000)], ())
+
+
+def test_a_failed_replace_all_changes_nothing(store: Store) -> None:
+    """The delete of the old rows is part of the transaction that writes the new ones."""
+    store.write([saved("a_f1"), saved("b_f1")], ())
+    broken = SavedPV("P:c_f1", None, 1, False, 1.0, TS, {})  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.replace_all([saved("c_f1"), broken])
+    assert store.load() == [saved("a_f1"), saved("b_f1")]
+    assert reopen(Path(store.path)) == [saved("a_f1"), saved("b_f1")]
 
 
 def test_replace_all(store: Store) -> None:
@@ -596,3 +609,173 @@ def test_touch_costs_no_io(saver, path: Path) -> None:
     elapsed = time.perf_counter() - started
     assert autosaver.store.attempts == 0  # type: ignore[attr-defined]
     assert elapsed < 1.0  # generous: about a microsecond each
+
+
+# --- rows as they are in the file ------------------------------------------------------------
+
+
+def hand_made(path: Path, rows: list[tuple]) -> None:
+    """A store at the current schema written by another tool: no column constraints, so
+    any column may hold anything, NULL included."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE pvs (name, kind, count, buffer, value, ts_ns, attrs)")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.executemany("INSERT INTO pvs VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    db.close()
+
+
+GOOD_ROW = ("P:good_f1", "f", 1, 0, 1.5, TS, "{}")
+BAD_ROWS = [
+    ("P:a_f1", "f", 1, 0, 1.5, TS, "{not json"),
+    (None, "f", 1, 0, 1.5, TS, "{}"),
+    ("P:b_f1", "f", 1, 0, 1.5, "soon", "{}"),
+    ("P:c_f1", "f", 1, 0, "1.5", TS, "{}"),
+    ("P:d_f1", "f", "1", 0, 1.5, TS, "{}"),
+    ("P:e_f1", "f", 1, 7, 1.5, TS, "{}"),
+    ("P:f_f1", None, None, None, None, None, None),
+    ("P:g_f1", "f", 1, 0, 1.5, TS, '["egu"]'),
+    ("P:h_f1", "f", 1, 0, 1.5, TS, b'{"egu": "\xff"}'),
+    ("P:i_f1", "f", 1, 0, 1.5, 2**63 - 1, "{}"),
+    ("P:j_f1", "f", 1, 0, 1.5, TS, '{"prec": 99}'),
+    ("P:k_f1", "f", 1, 0, 1.5, TS, "[" * 100_000),
+    (b"P:l_f1", "f", 1, 0, 1.5, TS, "{}"),
+]
+
+
+def test_load_reads_every_row_whatever_it_holds(path: Path) -> None:
+    """Loading never fails on a row: each comes back as it is, and `rows.restore` (the
+    one gate) refuses the bad ones, naming them."""
+    hand_made(path, [GOOD_ROW, *BAD_ROWS, ("P:z_i1", "i", 1, 1 == 0, 7, TS, '{"egu": "V"}')])
+    with sqlite3.connect(path) as db:  # text that is not UTF-8, as another tool may write
+        db.execute("INSERT INTO pvs VALUES (CAST(x'50 3a ff 5f 66 31' AS TEXT), 'f', 1, 0, "
+                   "1.5, ?, '{}')", (TS,))
+        db.execute("INSERT INTO pvs VALUES ('P:m_f1', CAST(x'ff' AS TEXT), 1, 0, 1.5, ?, "
+                   "'{}')", (TS,))
+    db.close()
+    loaded = reopen(path)
+    assert len(loaded) == len(BAD_ROWS) + 4
+    assert loaded[0] == SavedPV("P:good_f1", "f", 1, False, 1.5, TS, {})
+    assert loaded[-3] == SavedPV("P:z_i1", "i", 1, False, 7, TS, {"egu": "V"})
+    refused = []
+    for item in loaded[1:-3] + loaded[-2:]:
+        with pytest.raises(Refused) as info:
+            restore(item, G)
+        refused.append(str(info.value))
+    assert all("\n" not in line for line in refused)
+    restore(loaded[0], G)
+    restore(loaded[-3], G)
+
+
+def test_a_file_without_the_table_is_unusable(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE other (x)")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    db.close()
+    with pytest.raises(BootError) as info:
+        Store.open(str(path))
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+    assert "pvs" in str(info.value)
+    Store.open(str(path), reset=True).close()  # moved aside, a new one started
+    assert reopen(path) == []
+
+
+def test_a_table_with_other_columns_is_unusable(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE pvs (name, value)")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    db.close()
+    with pytest.raises(BootError) as info:
+        Store.open(str(path))
+    assert "columns" in str(info.value)
+
+
+# --- the writer thread: stopping, and errors it did not expect -----------------------------------
+
+
+class RacyQueue(queue.Queue):
+    """A queue whose timed `get` runs out *just before* `stop` hands over its sentinel:
+    the writer sees Empty, then finds the sentinel behind it (the race of issue 10)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()  # the writer is in the race window
+        self.sentinel = threading.Event()  # stop() has queued its None
+
+    def get(self, block: bool = True, timeout: float | None = None):
+        try:
+            return super().get(block, timeout)
+        except queue.Empty:
+            if block and timeout is not None and not self.sentinel.is_set():
+                self.waiting.set()
+                self.sentinel.wait(10)
+            raise
+
+    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        if item is None:
+            self.sentinel.set()
+
+
+def test_stop_finds_its_sentinel_behind_a_timeout(saver, path: Path, monkeypatch) -> None:
+    racy = RacyQueue()
+    monkeypatch.setattr(writer, "queue", types.SimpleNamespace(Queue=lambda: racy,
+                                                               Empty=queue.Empty))
+    autosaver = saver(FlakyStore)
+    autosaver.store.failing = True  # type: ignore[attr-defined]
+    a = state("a_f1", 1.0)
+    autosaver.touch(a)
+    autosaver.flush()  # fails: kept, retried after a timed wait
+    assert racy.waiting.wait(10), "the writer never waited with a timeout"
+    autosaver.store.failing = False  # type: ignore[attr-defined]
+    started = time.monotonic()
+    assert autosaver.stop(timeout=5) is True
+    assert time.monotonic() - started < 3
+    assert reopen(path) == [from_state(a)]
+
+
+class BuggyStore(Store):
+    """A store whose writes raise what no store should (a bug), `bugs` times."""
+
+    bugs = 1
+
+    def write(self, saved, deleted) -> None:
+        if self.bugs:
+            self.bugs -= 1
+            raise RuntimeError("a bug")
+        super().write(saved, deleted)
+
+
+def test_an_unexpected_error_is_logged_counted_and_the_writer_goes_on(saver, path: Path,
+                                                                       caplog) -> None:
+    autosaver = saver(BuggyStore)
+    a = state("a_f1", 1.0)
+    with caplog.at_level(logging.ERROR, logger="relayd.autosave"):
+        autosaver.touch(a)
+        autosaver.flush()
+        wait_for(lambda: autosaver.status.failures == 1, what="the failure counted")
+        wait_for(lambda: autosaver.status.pending == 0, what="the retry written")
+    assert reopen(path) == [from_state(a)]
+    bugs = [r for r in caplog.records if "a bug" in r.getMessage() or r.exc_info]
+    assert len(bugs) == 1 and bugs[0].exc_info is not None  # with its traceback
+    assert bugs[0].levelno == logging.ERROR and str(path) in bugs[0].getMessage()
+    assert autosaver.status.last_error == ""  # cleared once a write worked
+    b = state("b_f1", 2.0)
+    autosaver.touch(b)
+    assert autosaver.stop() is True  # still alive: it writes and stops
+    assert reopen(path) == [from_state(a), from_state(b)]
+
+
+def test_an_error_every_time_is_shown_and_logged_rate_limited(saver, caplog) -> None:
+    autosaver = saver(BuggyStore)
+    autosaver.store.bugs = 10**9  # type: ignore[attr-defined]
+    with caplog.at_level(logging.ERROR, logger="relayd.autosave"):
+        autosaver.touch(state("a_f1", 1.0))
+        autosaver.flush()
+        wait_for(lambda: autosaver.status.failures >= 6, what="failures counted")
+        status = autosaver.status
+        assert status.pending == 1 and status.last_error == "RuntimeError: a bug"
+    assert 1 <= len([r for r in caplog.records if r.exc_info]) <= 2
+    assert autosaver.stop(timeout=5) is False  # what could not be written is said
