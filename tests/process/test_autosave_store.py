@@ -11,7 +11,10 @@ import logging
 import math
 import os
 import queue
+import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import types
@@ -24,6 +27,7 @@ from relayd import config
 from relayd.store.paths import default_path
 from relayd.store.sqlite import MIGRATIONS, SCHEMA_VERSION, Store
 from relayd.store import writer
+from relayd.store.lock import InUse, StoreLock
 from relayd.store.writer import Autosaver
 from relayd.core.errors import BootError, Refused
 from relayd.core.meta import DEFAULT_META, Meta
@@ -379,8 +383,8 @@ class FlakyStore(Store):
 class GatedStore(Store):
     """A store whose writes wait for `gate`, to change states while a save is under way."""
 
-    def __init__(self, connection: sqlite3.Connection, path: str):
-        super().__init__(connection, path)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.gate = threading.Event()
         self.entered = threading.Event()
 
@@ -398,8 +402,11 @@ def saver(path: Path):
     """An autosaver on a real store; stopped at the end if the test did not."""
     made: list[Autosaver] = []
 
-    def make(store_class: type[Store] = Store, interval: float = INTERVAL) -> Autosaver:
-        made.append(Autosaver(store_class.open(str(path)), interval))
+    def make(store_class: type[Store] = Store, interval: float = INTERVAL,
+             states: list[PVState] | None = None, lock: bool = False) -> Autosaver:
+        everything = [] if states is None else states
+        made.append(Autosaver(store_class.open(str(path), lock=lock), interval,
+                              lambda: everything))
         return made[-1]
 
     yield make
@@ -529,7 +536,7 @@ def test_stop_writes_everything(saver, path: Path) -> None:
 def test_a_snapshot_is_the_state_at_the_flush(path: Path) -> None:
     """The CA loop goes on changing a PV while the writer saves it: what is written is
     the buffer as it was at the flush, whole, and the later change comes with the next."""
-    autosaver = Autosaver(GatedStore.open(str(path)), 60)
+    autosaver = Autosaver(GatedStore.open(str(path)), 60, lambda: [])
     try:
         buffer, plain = state("b_F4", [1.0, 2.0]), state("p_f3", [1.0, 1.0, 1.0])
         autosaver.touch(buffer)
@@ -615,11 +622,12 @@ def test_touch_costs_no_io(saver, path: Path) -> None:
 
 
 def hand_made(path: Path, rows: list[tuple]) -> None:
-    """A store at the current schema written by another tool: no column constraints, so
-    any column may hold anything, NULL included."""
+    """A store at the current schema written by another tool: no constraints but the
+    key, so any column may hold anything, NULL included."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE pvs (name, kind, count, buffer, value, ts_ns, attrs)")
+        db.execute("CREATE TABLE pvs (name TEXT PRIMARY KEY, kind, count, buffer, value, "
+                   "ts_ns, attrs)")
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.executemany("INSERT INTO pvs VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
     db.close()
@@ -648,7 +656,7 @@ def test_load_reads_every_row_whatever_it_holds(path: Path) -> None:
     one gate) refuses the bad ones, naming them."""
     hand_made(path, [GOOD_ROW, *BAD_ROWS, ("P:z_i1", "i", 1, 1 == 0, 7, TS, '{"egu": "V"}')])
     with sqlite3.connect(path) as db:  # text that is not UTF-8, as another tool may write
-        db.execute("INSERT INTO pvs VALUES (CAST(x'50 3a ff 5f 66 31' AS TEXT), 'f', 1, 0, "
+        db.execute("INSERT INTO pvs VALUES (CAST(x'503aff5f6631' AS TEXT), 'f', 1, 0, "
                    "1.5, ?, '{}')", (TS,))
         db.execute("INSERT INTO pvs VALUES ('P:m_f1', CAST(x'ff' AS TEXT), 1, 0, 1.5, ?, "
                    "'{}')", (TS,))
@@ -681,15 +689,21 @@ def test_a_file_without_the_table_is_unusable(path: Path) -> None:
     assert reopen(path) == []
 
 
-def test_a_table_with_other_columns_is_unusable(path: Path) -> None:
+@pytest.mark.parametrize("table, why", [
+    ("pvs (name TEXT PRIMARY KEY, value)", "columns"),
+    ("pvs (name, kind, count, buffer, value, ts_ns, attrs)", "key"),
+    ("pvs (name, kind, count, buffer, value, ts_ns TEXT PRIMARY KEY, attrs)", "key"),
+])
+def test_a_table_of_another_shape_is_unusable(path: Path, table: str, why: str) -> None:
+    """Writes could never work on it (an upsert needs the name as its key)."""
     path.parent.mkdir(parents=True)
     with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE pvs (name, value)")
+        db.execute(f"CREATE TABLE {table}")
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     db.close()
     with pytest.raises(BootError) as info:
         Store.open(str(path))
-    assert "columns" in str(info.value)
+    assert why in str(info.value) and "\n" not in str(info.value)
 
 
 # --- the writer thread: stopping, and errors it did not expect -----------------------------------
@@ -779,3 +793,230 @@ def test_an_error_every_time_is_shown_and_logged_rate_limited(saver, caplog) -> 
         assert status.pending == 1 and status.last_error == "RuntimeError: a bug"
     assert 1 <= len([r for r in caplog.records if r.exc_info]) <= 2
     assert autosaver.stop(timeout=5) is False  # what could not be written is said
+
+
+# --- the lock: one relay per store ---------------------------------------------------------------
+
+
+def lock_file(path: Path) -> Path:
+    return Path(f"{path}.lock")
+
+
+def test_the_lock_keeps_a_second_user_out_and_names_the_holder(path: Path) -> None:
+    first = Store.open(str(path), lock=True)
+    try:
+        assert lock_file(path).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(InUse) as info:
+            Store.open(str(path), lock=True)
+        assert str(info.value) == (f"autosave file {path} is in use by another relay "
+                                   f"(pid {os.getpid()})")
+        assert isinstance(info.value, BootError)
+        Store.open(str(path)).close()  # without the lock (export): fine
+    finally:
+        first.close()
+    assert not lock_file(path).exists()  # a clean release deletes it
+    Store.open(str(path), lock=True).close()
+
+
+HOLDER = """
+import sys, time
+from relayd.store.sqlite import Store
+store = Store.open(sys.argv[1], lock=True)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_holder_killed_lets_go_of_the_lock(path: Path) -> None:
+    """What a CA process restarted by its supervisor relies on: the kernel releases the
+    lock of a killed process; the file it leaves behind is no obstacle."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(InUse, match=rf"\(pid {holder.pid}\)$"):
+            Store.open(str(path), lock=True)
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert lock_file(path).read_text() == f"{holder.pid}\n"  # left behind, unlocked
+    store = Store.open(str(path), lock=True)
+    try:
+        assert lock_file(path).read_text() == f"{os.getpid()}\n"
+    finally:
+        store.close()
+
+
+def test_reset_never_moves_a_store_in_use_aside(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    path.write_bytes(GARBAGE)
+    held = StoreLock.take(str(path))
+    try:
+        with pytest.raises(InUse):
+            Store.open(str(path), reset=True, lock=True)
+    finally:
+        held.release()
+    assert path.read_bytes() == GARBAGE
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_a_failed_open_lets_go_of_the_lock(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    path.write_bytes(GARBAGE)
+    with pytest.raises(BootError, match="not a database"):
+        Store.open(str(path), lock=True)
+    assert not lock_file(path).exists()
+    StoreLock.take(str(path)).release()
+
+
+def test_a_lock_file_that_cannot_be_made_is_a_boot_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(BootError) as info:
+        Store.open(str(blocker / "relay.sqlite"), lock=True)
+    assert "\n" not in str(info.value) and str(blocker) in str(info.value)
+
+
+def test_a_deleted_lock_file_is_made_again(saver, path: Path, caplog) -> None:
+    autosaver = saver(lock=True)
+    with caplog.at_level(logging.WARNING, logger="relayd.autosave"):
+        lock_file(path).unlink()
+        wait_for(lambda: lock_file(path).exists(), what="the lock file made again")
+    assert lock_file(path).read_text() == f"{os.getpid()}\n"
+    with pytest.raises(InUse):
+        Store.open(str(path), lock=True)
+    assert any("lock file" in r.getMessage() and str(path) in r.getMessage()
+               for r in caplog.records if r.levelno == logging.WARNING)
+    assert autosaver.stop() is True
+    assert not lock_file(path).exists()
+
+
+# --- the file deleted or replaced under the writer ----------------------------------------------
+
+
+def names_in(path: Path) -> list[str] | None:
+    """The names in the store at `path`, read-only (never creating the file); None if
+    there is no readable store there (yet)."""
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        return [row[0] for row in db.execute("SELECT name FROM pvs ORDER BY rowid")]
+    except sqlite3.Error:
+        return None
+    finally:
+        db.close()
+
+
+def wait_remade(autosaver: Autosaver, path: Path, states: list[PVState], caplog) -> str:
+    """Wait for the writer to say it made the file again, then for the file to hold
+    every PV of `states`; the writer's warning. Each poll is a turn of the CA loop too
+    (`tick`), from this thread, as the CA loop's own. (Nothing reads the file before the
+    warning: a reader could take the writer's old -wal for the file's own.)"""
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                and r.getMessage().startswith("autosave file ")]
+
+    def check(condition) -> bool:
+        autosaver.tick(time.monotonic())
+        return condition()
+
+    wait_for(lambda: check(warnings), what="the writer's warning")
+    wait_for(lambda: check(lambda: names_in(path) == [s.spec.name for s in states]),
+             what="every PV in the file made again")
+    assert len(warnings()) == 1, warnings()
+    return warnings()[0]
+
+
+@pytest.fixture
+def three(saver, path: Path):
+    """An autosaver that has saved three PVs, and those PVs."""
+    states = [state("a_f1", 1.0), state("b_F4", [1.0, 2.0]), state("c_c10", "text")]
+    autosaver = saver(states=states, lock=True)
+    for item in states:
+        autosaver.touch(item)
+    autosaver.flush()
+    assert autosaver.wait_idle(5)
+    assert names_in(path) == [s.spec.name for s in states]
+    return autosaver, states
+
+
+@pytest.mark.parametrize("deleted", [("", "-wal", "-shm"), ("",), ("-wal", "-shm")])
+def test_a_deleted_file_is_made_again_with_every_pv(three, path: Path, caplog,
+                                                    deleted: tuple) -> None:
+    autosaver, states = three
+    with caplog.at_level(logging.WARNING, logger="relayd.autosave"):
+        for suffix in deleted:
+            os.unlink(f"{path}{suffix}")
+        warning = wait_remade(autosaver, path, states, caplog)
+        assert autosaver.store.changed() is None
+    assert str(path) in warning and "was deleted" in warning and "every PV" in warning
+    # It goes on writing into the new file, and what a new start reads is all there.
+    put(states[0], 5.0)
+    autosaver.touch(states[0])
+    assert autosaver.stop() is True
+    assert reopen(path) == [from_state(s) for s in states]
+    assert autosaver.status.failures == 0
+    assert not [p for p in path.parent.iterdir() if ".replaced-" in p.name]
+
+
+def test_a_replaced_file_is_moved_aside_and_made_again(three, path: Path, tmp_path: Path,
+                                                       caplog) -> None:
+    autosaver, states = three
+    other = tmp_path / "other.sqlite"
+    made = Store.open(str(other))
+    made.write([saved("other_f1")], ())
+    made.close()
+    os.replace(other, path)
+    with caplog.at_level(logging.WARNING, logger="relayd.autosave"):
+        warning = wait_remade(autosaver, path, states, caplog)
+    aside = [p for p in path.parent.iterdir() if p.name.startswith(f"{path.name}.replaced-")]
+    assert len(aside) == 1
+    assert names_in(aside[0]) == ["P:other_f1"]
+    assert "was replaced" in warning and str(aside[0]) in warning
+    assert autosaver.stop() is True
+
+
+def test_a_reader_beside_the_writer_changes_nothing(three, path: Path) -> None:
+    """An export opens and closes the file while the relay writes: no false alarm."""
+    autosaver, states = three
+    for _ in range(3):
+        reader = Store.open(str(path))
+        assert [item.name for item in reader.load()] == [s.spec.name for s in states]
+        reader.close()
+    assert autosaver.store.changed() is None
+    assert autosaver.stop() is True
+
+
+def test_a_file_that_cannot_be_made_again_is_a_failure_retried(three, path: Path,
+                                                               caplog) -> None:
+    autosaver, states = three
+    shutil.rmtree(path.parent)
+    path.parent.write_text("")  # in the way: the file cannot be made again
+    wait_for(lambda: autosaver.status.failures >= 2, what="failures counted")
+    assert autosaver.status.last_error != ""
+    with caplog.at_level(logging.WARNING, logger="relayd.autosave"):
+        path.parent.unlink()
+        wait_remade(autosaver, path, states, caplog)
+    assert lock_file(path).read_text() == f"{os.getpid()}\n"  # the lock is back too
+    assert autosaver.stop() is True
+    assert autosaver.status.last_error == ""
+
+
+def test_a_pv_made_under_the_name_of_a_row_left_out_goes_last(path: Path) -> None:
+    """The bad row is kept as it is until a PV of its name is saved: that one replaces it
+    at the end of the store, in creation order, as the relay lists it."""
+    hand_made(path, [("P:a_f1", "f", 1, 0, 1.0, "soon", "{}"), GOOD_ROW])
+    store = Store.open(str(path))
+    good = state("good_f1", 1.5)
+    autosaver = Autosaver(store, 60, lambda: [good], [row.name for row in store.load()])
+    try:
+        again = state("a_f1", 2.0)
+        autosaver.touch(again)
+    finally:
+        assert autosaver.stop() is True
+    assert [item.name for item in reopen(path)] == ["P:good_f1", "P:a_f1"]
+    assert reopen(path)[1] == from_state(again)

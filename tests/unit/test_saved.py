@@ -244,8 +244,9 @@ def test_restore_gives_the_stored_forms_a_put_gives() -> None:
 # --- bad rows are refused ----------------------------------------------------------------
 
 
-def row(name: str = "P:s_f3", kind: str = "f", count: int = 3, buffer: bool = False,
+def row(name: str = "", kind: str = "f", count: int = 3, buffer: bool = False,
         value: object = b"", ts_ns: int = TS, attrs: dict | None = None) -> SavedPV:
+    name = name or f"P:s_{kind.upper() if buffer else kind}{count}"
     return SavedPV(name, kind, count, buffer, value, ts_ns, attrs or {})
 
 
@@ -324,8 +325,8 @@ BAD_COLUMNS = [
     # attrs: a JSON object that meta.check_changes accepts
     ("attrs", "{not json", V), ("attrs", '{"egu": "K"}', V), ("attrs", ["egu"], V),
     ("attrs", None, V), ("attrs", 3, V), ("attrs", {"prec": 99}, V), ("attrs", {"bogus": 1}, V),
-    ("attrs", {"hihi": "high"}, V), ("attrs", {"egu": 5}, V), ("attrs", {"hihi": math.nan}, V),
-    ("attrs", {1: 2}, V),
+    ("attrs", {"hihi": "high"}, V), ("attrs", {"egu": 5}, V), ("attrs", {"hihi": math.inf}, V),
+    ("attrs", {1: 2}, V), ("attrs", {"hopr": 10**400}, V),
 ]
 
 
