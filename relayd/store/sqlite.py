@@ -87,6 +87,18 @@ class Store:
     def load(self) -> list[SavedPV]:
         """Every row as it is in the file, whatever a column holds: `rows.restore` is
         the judge, so that one bad row is left out instead of failing the load."""
+        try:
+            return self._load()
+        except sqlite3.OperationalError:
+            # TEXT that is not UTF-8 (SQLite allows it): read again, more slowly, with
+            # such text as bytes, which `rows.restore` refuses as a name, kind or attrs.
+            self.connection.text_factory = _text
+            try:
+                return self._load()
+            finally:
+                self.connection.text_factory = str
+
+    def _load(self) -> list[SavedPV]:
         rows = self.connection.execute(
             "SELECT name, kind, count, buffer, value, ts_ns, attrs FROM pvs ORDER BY rowid"
         )
@@ -207,7 +219,6 @@ def _open(path: str) -> sqlite3.Connection:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    connection.text_factory = _text
     try:
         # The version first: a file this relayd does not know is not touched.
         version = connection.execute("PRAGMA user_version").fetchone()[0]
