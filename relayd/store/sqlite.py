@@ -86,17 +86,22 @@ class Store:
 
     def load(self) -> list[SavedPV]:
         """Every row as it is in the file, whatever a column holds: `rows.restore` is
-        the judge, so that one bad row is left out instead of failing the load."""
+        the judge, so that one bad row is left out instead of failing the load.
+        `BootError` naming the file if SQLite cannot read it (an I/O error, pages that
+        went bad since `open` checked them)."""
         try:
-            return self._load()
-        except sqlite3.OperationalError:
-            # TEXT that is not UTF-8 (SQLite allows it): read again, more slowly, with
-            # such text as bytes, which `rows.restore` refuses as a name, kind or attrs.
-            self.connection.text_factory = _text
             try:
                 return self._load()
-            finally:
-                self.connection.text_factory = str
+            except sqlite3.OperationalError:
+                # TEXT that is not UTF-8 (SQLite allows it): read again, more slowly, with
+                # such text as bytes, which `rows.restore` refuses as a name or attrs.
+                self.connection.text_factory = _text
+                try:
+                    return self._load()
+                finally:
+                    self.connection.text_factory = str
+        except sqlite3.Error as error:
+            raise BootError(f"autosave file {self.path} is unusable: {error}") from None
 
     def _load(self) -> list[SavedPV]:
         rows = self.connection.execute(

@@ -264,17 +264,26 @@ def test_a_garbage_file_is_refused_with_one_line(path: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
 
 
-def corrupt_pages(path: Path) -> None:
-    """A store whose header is valid and some of whose pages are not."""
+def corrupt_pages(path: Path, after_open: bool = False) -> None:
+    """A store whose header is valid and some of whose pages are not; `after_open`: they
+    go bad after a store was opened, and its load fails with one line naming the file."""
     store = Store.open(str(path))
     store.write([saved(f"pv{i}_f100", [float(i)] * 100) for i in range(200)], ())
     store.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     store.close()
+    opened = Store.open(str(path)) if after_open else None
     data = bytearray(path.read_bytes())
     page = 4096
     assert len(data) > 10 * page
     data[5 * page:8 * page] = b"\xa5" * (3 * page)
-    path.write_bytes(bytes(data))
+    with open(path, "r+b") as file:  # in place: the same file for the opened store
+        file.write(bytes(data))
+    if opened is not None:
+        opened.connection.execute("PRAGMA shrink_memory")  # read from the file, not its cache
+        with pytest.raises(BootError) as info:
+            opened.load()
+        assert "\n" not in str(info.value) and str(path) in str(info.value)
+        opened.close()
 
 
 def test_a_corrupt_page_is_found_at_open(path: Path) -> None:
@@ -673,6 +682,12 @@ def test_load_reads_every_row_whatever_it_holds(path: Path) -> None:
     assert all("\n" not in line for line in refused)
     restore(loaded[0], G)
     restore(loaded[-3], G)
+
+
+def test_a_file_that_cannot_be_read_at_load_is_a_boot_error(path: Path) -> None:
+    """Pages that went bad after `open` checked them: one line naming the file, not an
+    sqlite3 exception that would crash the CA process at every restart."""
+    corrupt_pages(path, after_open=True)
 
 
 def test_a_file_without_the_table_is_unusable(path: Path) -> None:
