@@ -64,7 +64,12 @@ class _Pending:
     saved: dict[str, Snapshot] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
 
-    def merge(self, saved: dict[str, Snapshot], deleted: set[str]) -> None:
+    def merge(self, saved: dict[str, Snapshot], deleted: set[str],
+              everything: bool = False) -> None:
+        """Add newer changes. `everything`: the first part of a flush of every PV, in
+        creation order, which supersedes the saves kept so far (not the deletes)."""
+        if everything:
+            self.saved.clear()
         # A delete is kept even when the name is saved again: the write deletes first,
         # so a PV deleted and created again takes a new place (its creation order).
         for name in deleted:
@@ -102,11 +107,15 @@ class Autosaver:
         # deletes to hand with the first part.
         self._todo: list[PVState] | None = None
         self._pos = 0
+        self._todo_everything = False  # the flush in progress is of every PV, not begun
         self._todo_deleted: set[str] = set()
         self._next = time.monotonic() + interval
         # The writer counts the times it made the file again; the CA loop, the times it
         # flushed everything since. Two counters: neither thread writes the other's.
+        # Until the first part of that flush comes, the writer writes nothing (what it
+        # wrote first would come first in the new file, out of creation order).
         self._remade = self._everything_sent = 0
+        self._awaiting_everything = False  # the writer thread's own
         self._queue: queue.Queue = queue.Queue()
         self._errors = RateLimitedLog(log, burst=2, period=60.0)
         self._thread = threading.Thread(target=self._run, name="relayd-autosave", daemon=True)
@@ -149,7 +158,8 @@ class Autosaver:
         # deleted during it is saved by this one and deleted by the next (the writer
         # applies the parts in order).
         remade = self._remade
-        if remade != self._everything_sent:  # the file was made again: every PV
+        self._todo_everything = remade != self._everything_sent
+        if self._todo_everything:  # the file was made again: every PV
             self._everything_sent = remade
             self._todo = list(self._states())
         else:
@@ -169,9 +179,10 @@ class Autosaver:
         if end >= len(todo):
             self._todo = None
         self._pos = end
-        if end > start or deleted:
+        everything, self._todo_everything = self._todo_everything, False
+        if end > start or deleted or everything:
             saved = {state.spec.name: snapshot(state) for state in todo[start:end]}
-            self._queue.put((saved, deleted))
+            self._queue.put((saved, deleted, everything))
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Write everything still pending, then close; False if that did not succeed."""
@@ -190,21 +201,24 @@ class Autosaver:
         next_check = time.monotonic() + self.interval
         while True:
             items = self._take()
+            stopping = None in items  # stop() asked, after everything before it
             try:
                 for item in items:
                     if item is not None:
-                        pending.merge(dict(item[0]), set(item[1]))
-                if time.monotonic() >= next_check:
+                        saved, deleted, everything = item
+                        self._awaiting_everything &= not everything
+                        pending.merge(dict(saved), set(deleted), everything)
+                if stopping or time.monotonic() >= next_check:
                     next_check = time.monotonic() + self.interval
-                    self._check_files(len(pending))
-                if len(pending):
+                    self._check_files(pending, stopping)
+                if len(pending) and not self._awaiting_everything:
                     self._write(pending)
             except Exception as error:  # a bug: say so, keep the changes, go on
                 self._failed(error, len(pending), bug=True)
             self.status.pending = len(pending)
             for _ in items:
                 self._queue.task_done()
-            if None in items:  # stop() asked, after everything before it
+            if stopping:
                 return
 
     def _take(self) -> list:
@@ -245,7 +259,7 @@ class Autosaver:
                          ", a bug in relayd" if bug else "", kept, self.interval,
                          exc_info=error if bug else None)
 
-    def _check_files(self, pending: int) -> None:
+    def _check_files(self, pending: _Pending, stopping: bool) -> None:
         """Make the store's file again if it was deleted or replaced (then the CA loop
         hands every PV over), and its lock file if that went."""
         store = self.store
@@ -254,12 +268,19 @@ class Autosaver:
             try:
                 aside = store.reopen()
             except (sqlite3.Error, OSError, ValueError) as error:
-                self._failed(error, pending)  # tried again at the next check
+                self._failed(error, len(pending))  # tried again at the next check
             else:
                 self._remade += 1
+                self._awaiting_everything = True
                 log.warning("autosave file %s: %s while relayd ran; made it again%s, and "
                             "every PV is written to it again", store.path, problem,
                             f" (what was there is now {aside})" if aside else "")
+        if stopping and self._remade != self._everything_sent:
+            # Made again after the last flush of everything, and no flush comes now. The
+            # CA loop waits in `stop` meanwhile: its PVs hold still, read them here.
+            pending.merge({state.spec.name: snapshot(state) for state in self._states()},
+                          set(), everything=True)
+            self._awaiting_everything = False
         if store.lock_lost():
             try:
                 store.relock()

@@ -978,6 +978,68 @@ def test_a_deleted_file_is_made_again_with_every_pv(three, path: Path, caplog,
     assert not [p for p in path.parent.iterdir() if ".replaced-" in p.name]
 
 
+class HeldStore(Store):
+    """A store whose next write, once `held`, waits for `gate`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.held = False
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def write(self, saved, deleted) -> None:
+        if self.held:
+            self.held = False
+            self.entered.set()
+            assert self.gate.wait(10)
+        super().write(saved, deleted)
+
+
+def test_a_file_made_again_holds_the_pvs_in_creation_order(saver, path: Path,
+                                                           caplog) -> None:
+    """A change that reaches the writer as it makes the file again is not written first:
+    it waits for the flush of every PV, which comes in creation order."""
+    states = [state("a_f1", 1.0), state("b_F4", [1.0, 2.0]), state("c_c10", "text")]
+    autosaver = saver(HeldStore, states=states, lock=True)
+    store: HeldStore = autosaver.store  # type: ignore[assignment]
+    for item in states:
+        autosaver.touch(item)
+    autosaver.flush()
+    assert autosaver.wait_idle(5)
+    store.held = True
+    put(states[0], 2.0)
+    autosaver.touch(states[0])
+    autosaver.flush()
+    assert store.entered.wait(5)  # the writer is inside a write
+    held_at = time.monotonic()
+    for suffix in ("", "-wal", "-shm"):
+        os.unlink(f"{path}{suffix}")
+    put(states[1], [3.0])
+    autosaver.touch(states[1])
+    autosaver.flush()  # queued behind the write: the file is not yet known to be gone
+    time.sleep(max(0.0, held_at + 2 * INTERVAL - time.monotonic()))  # a check is due
+    with caplog.at_level(logging.WARNING, logger="relayd.autosave"):
+        store.gate.set()
+        assert autosaver.wait_idle(5)
+        assert len(caplog.records) == 1  # made again in the pass that took the change...
+        assert names_in(path) == []  # ...and the change not written ahead of the others
+        wait_remade(autosaver, path, states, caplog)
+    assert autosaver.stop() is True
+    assert reopen(path) == [from_state(s) for s in states]
+
+
+def test_a_file_deleted_just_before_a_stop_gets_every_pv(three, path: Path) -> None:
+    """No interval, no flush of everything left: the stop itself notices, and writes
+    every PV (the CA loop waits in `stop`, so the writer reads the PVs itself)."""
+    autosaver, states = three
+    for suffix in ("", "-wal", "-shm"):
+        os.unlink(f"{path}{suffix}")
+    put(states[1], [3.0])
+    autosaver.touch(states[1])
+    assert autosaver.stop() is True
+    assert reopen(path) == [from_state(s) for s in states]  # in creation order
+
+
 def test_a_replaced_file_is_moved_aside_and_made_again(three, path: Path, tmp_path: Path,
                                                        caplog) -> None:
     autosaver, states = three
