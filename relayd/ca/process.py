@@ -98,8 +98,13 @@ class CALoop:
         self.store = open_store(config)
         server = self.server = CAServer(config)
         if self.store is not None:
-            server.restore(self.store.load(), progress=lambda: env.lifeline.send(beat=True))
-            server.autosaver = Autosaver(self.store, config.autosave_interval)
+            saved = self.store.load()
+            server.restore(saved, progress=lambda: env.lifeline.send(beat=True))
+            pvs = server.relay.registry.pvs
+            server.autosaver = Autosaver(self.store, config.autosave_interval,
+                                         lambda: [pv.state for pv in pvs.values()],
+                                         [item.name for item in saved])
+            del saved
             server.relay.stats.autosave = server.autosaver.status
         # PVs live long, and a PV is freed by reference counting when it is deleted (it
         # is in no reference cycle): keep the garbage collector from walking them again
@@ -223,6 +228,6 @@ def open_store(config: Config) -> Store | None:
     if path is None:
         log.info("autosave is off")
         return None
-    store = Store.open(path, reset=config.autosave_reset)
+    store = Store.open(path, reset=config.autosave_reset, lock=True)
     log.info("autosave: %s, written every %.1f s", path, config.autosave_interval)
     return store

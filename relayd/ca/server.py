@@ -208,7 +208,7 @@ class CAServer(cas.caServer):
                 spec, stored, ts_ns, meta = restore_pieces(item, self.relay.grammar)
                 pv = self.relay.restore(spec, stored, ts_ns, meta, now)
             except (Refused, ValueError, TypeError) as error:
-                log.error("autosave: cannot restore %s (%s); left out", item.name, error)
+                log.error("autosave: cannot restore %s (%s); left out", item.label, error)
                 continue
             if meta.tmo > 0:
                 self.stale_watch.watch(pv.state, now)

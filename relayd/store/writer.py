@@ -5,8 +5,14 @@ loop takes a snapshot of the dirty PVs, cheap because values are immutable or co
 only for buffers, and hands it to a writer thread, which encodes the rows and writes
 them in one transaction while the CA loop goes on. A failed write (disk full, read-only
 path) is kept, merged with newer changes, and retried every interval; the failure shows
-in the status PVs and the log, and the relay keeps serving. `stop` writes everything
-still pending before it returns: a clean stop loses nothing.
+in the status PVs and the log, and the relay keeps serving. An error nobody expected (a
+bug) is handled the same way, logged with its traceback: the writer never goes away
+and leaves the status PVs showing stale numbers. `stop` writes everything still pending
+before it returns: a clean stop loses nothing.
+
+Every interval the writer also checks that the store's files are still the ones it
+writes (see `Store.changed`). If they were deleted or replaced, it makes the file again
+and the CA loop's next flush hands over every PV, not only the dirty ones.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
+from relayd.core.errors import BootError
 from relayd.core.pvstate import PVState
 from relayd.logs import RateLimitedLog
 from relayd.store.rows import SavedPV, make
@@ -56,7 +64,12 @@ class _Pending:
     saved: dict[str, Snapshot] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
 
-    def merge(self, saved: dict[str, Snapshot], deleted: set[str]) -> None:
+    def merge(self, saved: dict[str, Snapshot], deleted: set[str],
+              everything: bool = False) -> None:
+        """Add newer changes. `everything`: the first part of a flush of every PV, in
+        creation order, which supersedes the saves kept so far (not the deletes)."""
+        if everything:
+            self.saved.clear()
         # A delete is kept even when the name is saved again: the write deletes first,
         # so a PV deleted and created again takes a new place (its creation order).
         for name in deleted:
@@ -72,20 +85,37 @@ SNAPSHOTS_PER_TICK = 2000
 
 
 class Autosaver:
-    """Notes changes in the CA loop and writes them from a thread."""
+    """Notes changes in the CA loop and writes them from a thread.
 
-    def __init__(self, store: Store, interval: float):
+    `states` gives every PV's state, in creation order, for a flush of everything (after
+    the file was made again). `stored` are the names the store held at start: a row
+    that was not restored (a bad row, see `rows.restore`) is kept as it is, but a PV
+    made later under its name replaces it at the end of the store, in creation order.
+    """
+
+    def __init__(self, store: Store, interval: float,
+                 states: Callable[[], Iterable[PVState]], stored: Iterable[str] = ()):
         self.store = store
         self.interval = interval
         self.status = AutosaveStatus(enabled=True, path=store.path)
+        self._states = states
         self._dirty: dict[str, PVState] = {}
         self._deleted: set[str] = set()
+        self._left_out = {name for name in stored if isinstance(name, str)}
+        self._left_out.difference_update(state.spec.name for state in states())
         # A flush in progress: the states still to snapshot (from `_pos` on) and the
         # deletes to hand with the first part.
         self._todo: list[PVState] | None = None
         self._pos = 0
+        self._todo_everything = False  # the flush in progress is of every PV, not begun
         self._todo_deleted: set[str] = set()
         self._next = time.monotonic() + interval
+        # The writer counts the times it made the file again; the CA loop, the times it
+        # flushed everything since. Two counters: neither thread writes the other's.
+        # Until the first part of that flush comes, the writer writes nothing (what it
+        # wrote first would come first in the new file, out of creation order).
+        self._remade = self._everything_sent = 0
+        self._awaiting_everything = False  # the writer thread's own
         self._queue: queue.Queue = queue.Queue()
         self._errors = RateLimitedLog(log, burst=2, period=60.0)
         self._thread = threading.Thread(target=self._run, name="relayd-autosave", daemon=True)
@@ -109,7 +139,7 @@ class Autosaver:
         100,000 new PVs never holds CA service up for long (it took ~150 ms in one go).
         """
         if self._todo is None:
-            if now < self._next:
+            if now < self._next and self._remade == self._everything_sent:
                 return
             self._start()
         self._hand(SNAPSHOTS_PER_TICK)
@@ -127,7 +157,18 @@ class Autosaver:
         # changed again during the flush is in `_dirty` again, for the next one; a PV
         # deleted during it is saved by this one and deleted by the next (the writer
         # applies the parts in order).
-        self._todo, self._pos = list(self._dirty.values()), 0
+        remade = self._remade
+        self._todo_everything = remade != self._everything_sent
+        if self._todo_everything:  # the file was made again: every PV
+            self._everything_sent = remade
+            self._todo = list(self._states())
+        else:
+            self._todo = list(self._dirty.values())
+        self._pos = 0
+        if self._left_out and self._dirty:
+            reused = self._left_out.intersection(self._dirty)
+            self._left_out -= reused
+            self._deleted |= reused  # delete the old row first: the new one goes last
         self._todo_deleted, self._deleted = self._deleted, set()
         self._dirty = {}
 
@@ -138,9 +179,10 @@ class Autosaver:
         if end >= len(todo):
             self._todo = None
         self._pos = end
-        if end > start or deleted:
+        everything, self._todo_everything = self._todo_everything, False
+        if end > start or deleted or everything:
             saved = {state.spec.name: snapshot(state) for state in todo[start:end]}
-            self._queue.put((saved, deleted))
+            self._queue.put((saved, deleted, everything))
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Write everything still pending, then close; False if that did not succeed."""
@@ -156,40 +198,48 @@ class Autosaver:
 
     def _run(self) -> None:
         pending = _Pending()
+        next_check = time.monotonic() + self.interval
         while True:
+            items = self._take()
+            stopping = None in items  # stop() asked, after everything before it
             try:
-                item = self._queue.get(timeout=self.interval if len(pending) else None)
-            except queue.Empty:
-                item, queued = ((), ()), False  # nothing new: retry what failed
-            else:
-                queued = True
-            taken = 1 if queued else 0
-            # Parts of one flush arrive one CA cycle apart: write what is there together.
-            while item is not None:
-                pending.merge(dict(item[0]), set(item[1]))
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                taken += 1
-            if len(pending):
-                self._write(pending)
+                for item in items:
+                    if item is not None:
+                        saved, deleted, everything = item
+                        self._awaiting_everything &= not everything
+                        pending.merge(dict(saved), set(deleted), everything)
+                if stopping or time.monotonic() >= next_check:
+                    next_check = time.monotonic() + self.interval
+                    self._check_files(pending, stopping)
+                if len(pending) and not self._awaiting_everything:
+                    self._write(pending)
+            except Exception as error:  # a bug: say so, keep the changes, go on
+                self._failed(error, len(pending), bug=True)
             self.status.pending = len(pending)
-            for _ in range(taken):
+            for _ in items:
                 self._queue.task_done()
-            if item is None and queued:  # stop() asked, after everything before it
+            if stopping:
                 return
+
+    def _take(self) -> list:
+        """What the CA loop handed over: waits up to one interval for a first item (so
+        that failed writes are retried and the files checked), then takes what queued
+        up behind it (the parts of one flush arrive one CA cycle apart)."""
+        items: list = []
+        try:
+            items.append(self._queue.get(timeout=self.interval))
+            while items[-1] is not None:
+                items.append(self._queue.get_nowait())
+        except queue.Empty:
+            pass
+        return items
 
     def _write(self, pending: _Pending) -> None:
         try:
             rows = [from_snapshot(snap) for snap in pending.saved.values()]
             self.store.write(rows, pending.deleted)
         except (sqlite3.Error, OSError) as error:
-            self.status.failures += 1
-            self.status.last_error = f"{type(error).__name__}: {error}"
-            self._errors.log(logging.ERROR, "write", "autosave to %s failed (%s); %d changes "
-                             "kept, retrying every %.1f s", self.store.path,
-                             self.status.last_error, len(pending), self.interval)
+            self._failed(error, len(pending))
             return
         if self.status.last_error:
             log.info("autosave to %s works again", self.store.path)
@@ -198,6 +248,49 @@ class Autosaver:
         self.status.last_error = ""
         pending.saved.clear()
         pending.deleted.clear()
+
+    def _failed(self, error: Exception, kept: int, bug: bool = False) -> None:
+        """Count a failed write, show why in the status PVs, log it (rate-limited)."""
+        self.status.failures += 1
+        self.status.last_error = f"{type(error).__name__}: {error}"
+        self._errors.log(logging.ERROR, "bug" if bug else "write",
+                         "autosave to %s failed (%s%s); %d changes kept, retrying every %.1f s",
+                         self.store.path, self.status.last_error,
+                         ", a bug in relayd" if bug else "", kept, self.interval,
+                         exc_info=error if bug else None)
+
+    def _check_files(self, pending: _Pending, stopping: bool) -> None:
+        """Make the store's file again if it was deleted or replaced (then the CA loop
+        hands every PV over), and its lock file if that went."""
+        store = self.store
+        problem = store.changed()
+        if problem is not None:
+            try:
+                aside = store.reopen()
+            except (sqlite3.Error, OSError, ValueError) as error:
+                self._failed(error, len(pending))  # tried again at the next check
+            else:
+                self._remade += 1
+                self._awaiting_everything = True
+                log.warning("autosave file %s: %s while relayd ran; made it again%s, and "
+                            "every PV is written to it again", store.path, problem,
+                            f" (what was there is now {aside})" if aside else "")
+        if stopping and self._remade != self._everything_sent:
+            # Made again after the last flush of everything, and no flush comes now. The
+            # CA loop waits in `stop` meanwhile: its PVs hold still, read them here.
+            pending.merge({state.spec.name: snapshot(state) for state in self._states()},
+                          set(), everything=True)
+            self._awaiting_everything = False
+        if store.lock_lost():
+            try:
+                store.relock()
+            except (BootError, OSError) as error:  # InUse: another relay took it
+                self._errors.log(logging.ERROR, "lock", "autosave: the lock file of %s was "
+                                 "deleted while relayd ran, and cannot be taken again: %s",
+                                 store.path, error)
+            else:
+                log.warning("autosave: the lock file of %s was deleted or replaced while "
+                            "relayd ran; made it again", store.path)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until the writer has handled everything handed to it (for tests/tools)."""

@@ -241,10 +241,21 @@ def test_a_nan_scalar_is_restored(caproto_client, start_relay):
     assert listed(caproto_client, relay) == [pv]
 
 
+def insert_rows(path: Path, *rows: tuple) -> None:
+    """Rows written into the store by raw sqlite3, as another tool (or a bug) could."""
+    db = sqlite3.connect(path)
+    try:
+        with db:
+            db.executemany("INSERT INTO pvs (name, kind, count, buffer, value, ts_ns, attrs) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    finally:
+        db.close()
+
+
 def test_rows_that_are_not_this_relays_pvs_are_not_restored(caproto_client, start_relay,
                                                             tmp_path):
-    """A store may hold such rows: an import of a hand-edited or another relay's export,
-    or a file shared by two prefixes (lab:bl1 and lab_bl1 map to one default file)."""
+    """A store may hold such rows: an import of another relay's export (import cannot
+    know which relay will use the file, nor its limits), or a row written by hand."""
     prefix = unique_prefix()
     source = start_relay("--autosave", str(tmp_path / "source.sqlite"), "--max-elements", "20")
     for base, value in (("x_f1", 1.5), ("wide_f20", [1.0] * 20)):
@@ -254,42 +265,64 @@ def test_rows_that_are_not_this_relays_pvs_are_not_restored(caproto_client, star
     assert autosave_cli("export", str(exported), "--autosave",
                         str(tmp_path / "source.sqlite")).returncode == 0
     data = json.loads(exported.read_text())
-    mismatched = dict(data["pvs"][0], name=f"{prefix}:mismatch_f1", kind="i", count=5,
-                      value=[1, 2, 3, 4, 5])
-    data["pvs"] = [*data["pvs"], mismatched,
-                   dict(data["pvs"][1], name=f"{prefix}:wide_f20")]
+    data["pvs"] = [*data["pvs"], dict(data["pvs"][1], name=f"{prefix}:wide_f20")]
     exported.write_text(json.dumps(data))
     target = tmp_path / "target.sqlite"
     assert autosave_cli("import", str(exported), "--autosave", str(target)).returncode == 0
+    insert_rows(target, (f"{prefix}:mismatch_f1", "i", 5, 0, b"\0" * 20, 1, "{}"))
     relay = start_relay("--autosave", str(target), "--max-elements", "10", prefix=prefix)
     assert listed(caproto_client, relay) == []
-    assert "cannot restore" in relay.log_text()
+    log = relay.log_text()
+    assert f"cannot restore {source.prefix}:x_f1 (badName: " in log
+    assert f"cannot restore {prefix}:wide_f20 (countLimit: " in log
+    assert f"cannot restore {prefix}:mismatch_f1 (badValue: " in log
 
 
-def test_a_row_that_cannot_be_restored_is_logged_and_left_out(caproto_client, start_relay,
-                                                              tmp_path):
+TS_NS = 1_700_000_000_000_000_000
+
+
+def test_bad_rows_are_logged_and_left_out_and_the_rest_restored(caproto_client, start_relay,
+                                                                tmp_path):
+    """Rows of every kind of damage, written with raw sqlite3 between good ones: the relay
+    starts, names each bad row in the log, restores the good ones and serves them."""
     prefix = unique_prefix()
     path = tmp_path / "relay.sqlite"
-    rows = [
-        {"name": f"{prefix}:good_f1", "kind": "f", "count": 1, "buffer": False,
-         "value": 1.5, "ts_ns": 1_700_000_000_000_000_000},
-        {"name": f"{prefix}:long_c4", "kind": "c", "count": 4, "buffer": False,
-         "value": {"text": "too long"}, "ts_ns": 1_700_000_000_000_000_000},
-        {"name": f"{prefix}:badmeta_f1", "kind": "f", "count": 1, "buffer": False,
-         "value": 2.0, "ts_ns": 1, "attrs": {"prec": 99}},
-        {"name": f"{prefix}:also_good_i1", "kind": "i", "count": 1, "buffer": False,
-         "value": 3, "ts_ns": 1_700_000_000_000_000_000},
-    ]
-    done = autosave_cli("import", "--autosave", str(path), input=json.dumps(
-        {"format": "relayd-autosave", "version": 1, "pvs": rows}))
-    assert done.returncode == 0, done.stderr
+    Store.open(str(path)).close()
+    bad = {
+        "attrs": (f"{prefix}:attrs_f1", "f", 1, 0, 1.0, TS_NS, "{not json"),
+        "ts text": (f"{prefix}:ts_f1", "f", 1, 0, 1.0, "soon", "{}"),
+        "ts range": (f"{prefix}:late_f1", "f", 1, 0, 1.0, 2**63 - 1, "{}"),
+        "value": (f"{prefix}:value_f1", "f", 1, 0, "1.5", TS_NS, "{}"),
+        "kind": (f"{prefix}:kind_f1", "i", 1, 0, 1, TS_NS, "{}"),
+        "count": (f"{prefix}:count_f2", "f", "two", 0, b"", TS_NS, "{}"),
+        "buffer": (f"{prefix}:buffer_F2", "f", 2, 7, b"", TS_NS, "{}"),
+        "long": (f"{prefix}:long_c4", "c", 4, 0, b"too long", TS_NS, "{}"),
+        "meta": (f"{prefix}:meta_f1", "f", 1, 0, 2.0, 1, '{"prec": 99}'),
+        "no name": (None, "f", 1, 0, 1.0, TS_NS, "{}"),
+    }
+    insert_rows(path, (f"{prefix}:good_f1", "f", 1, 0, 1.5, TS_NS, '{"egu": "K"}'),
+                *bad.values(),
+                (f"{prefix}:also_good_i1", "i", 1, 0, 3, TS_NS, "{}"),
+                (f"{prefix}:text_c20", "c", 20, 0, b"kept", TS_NS, "{}"))
     relay = start_relay("--autosave", str(path), prefix=prefix)
-    assert listed(caproto_client, relay) == [full(relay, "good_f1"), full(relay, "also_good_i1")]
-    assert status(caproto_client, relay, "autosave:restored") == 2
+    good = [full(relay, "good_f1"), full(relay, "also_good_i1"), full(relay, "text_c20")]
+    assert listed(caproto_client, relay) == good
+    assert status(caproto_client, relay, "autosave:restored") == 3
+    meta = caproto_client.get_meta(good[0])  # time stamp and all: reads work
+    assert (meta.value, meta.timestamp) == (1.5, TS_NS / 1e9)
+    assert comparable(caproto_client.get(f"{good[0]}.EGU")) == "K"
+    assert caproto_client.get(good[2], as_string=True) == "kept"
     log = relay.log_text()
-    assert f"cannot restore {prefix}:long_c4 (tooManyElements: " in log
-    assert f"cannot restore {prefix}:badmeta_f1 (badValue: " in log
-    assert "restored 2 PVs" in log
+    for row in bad.values():
+        name = row[0] if row[0] is not None else "a row named None"
+        assert f"autosave: cannot restore {name} (" in log and "; left out" in log, name
+    assert "restored 3 PVs" in log and "restarting" not in log
+    # A bad row's name is a name like any other: a put makes it a good PV again.
+    assert caproto_client.put(full(relay, "ts_f1"), 4.0)
+    relay.restart()
+    caproto_client.forget_all()
+    assert listed(caproto_client, relay) == [*good, full(relay, "ts_f1")]
+    assert caproto_client.get(full(relay, "ts_f1")) == 4.0
 
 
 # --- kills ------------------------------------------------------------------------------------------
@@ -450,6 +483,7 @@ def test_a_kill_during_a_save_leaves_a_readable_store(caproto_client, start_rela
             assert f"restored {count} PVs" in relay.log_text().rsplit("ca-server ready", 2)[-2]
         assert listed(caproto_client, relay) == names
         assert "cannot restore" not in relay.log_text()
+        assert "made it again" not in relay.log_text()  # busy files are no deleted files
     finally:
         output, errors = pusher.communicate(timeout=120)
     assert pusher.returncode == 0, errors
@@ -461,22 +495,29 @@ def test_a_kill_during_a_save_leaves_a_readable_store(caproto_client, start_rela
 GARBAGE = b"this is not an SQLite database\n" * 100
 
 
+def boot_failure(relay: RelayProcess) -> str:
+    """Wait for a relay that cannot start to exit; the one line that says why (it was
+    not restarted: a boot failure stops relayd at once)."""
+    try:
+        relay.process.wait(30)  # type: ignore[union-attr]
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"relayd did not give up:\n{relay.log_text()}") from None
+    log = relay.log_text()
+    reasons = [line for line in log.splitlines() if "relayd cannot start" in line]
+    assert len(reasons) == 1, log
+    assert "restarting" not in log
+    return reasons[0]
+
+
 def test_a_corrupt_file_stops_relayd_with_one_line(start_relay, tmp_path):
     bad = tmp_path / "bad.sqlite"
     bad.write_bytes(GARBAGE)
     started = time.monotonic()
     relay = start_relay("--autosave", str(bad), wait=False, expect_exit=3)
-    try:
-        relay.process.wait(20)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"relayd did not give up:\n{relay.log_text()}") from None
+    reason = boot_failure(relay)
     assert time.monotonic() - started < 10
-    log = relay.log_text()
-    reasons = [line for line in log.splitlines() if "relayd cannot start" in line]
-    assert len(reasons) == 1, log
-    assert reasons[0].endswith(f"relayd cannot start: ca-server: autosave file {bad} is "
-                               f"unusable: file is not a database"), reasons[0]
-    assert "restarting" not in log
+    assert reason.endswith(f"relayd cannot start: ca-server: autosave file {bad} is "
+                           f"unusable: file is not a database"), reason
     assert bad.read_bytes() == GARBAGE  # untouched, nothing moved aside
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.sqlite"]
 
@@ -578,6 +619,94 @@ def test_a_stop_while_saves_fail_says_what_is_lost(caproto_client, start_relay):
     assert caproto_client.get(pv)[0] == 1.0  # what was saved before the failures
 
 
+def read_only(path: Path) -> dict[str, Any] | None:
+    """{name: value} of the store if its file exists, opened read-only: a test must
+    never create the file it waits for."""
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    except sqlite3.Error:
+        return None
+    try:
+        return dict(db.execute("SELECT name, value FROM pvs ORDER BY rowid").fetchall())
+    except sqlite3.Error:
+        return None
+    finally:
+        db.close()
+
+
+def test_a_second_relay_on_the_same_store_exits_3_naming_it_and_the_holder(
+        caproto_client, start_relay):
+    first = start_relay("--autosave-interval", "0.2")
+    path = first.autosave_path
+    pv = full(first, "x_f1")
+    assert caproto_client.put(pv, 1.0)
+    holder = first.ca_pid()
+    assert Path(f"{path}.lock").read_text().split() == [str(holder)]
+    second = start_relay("--autosave", str(path), wait=False, expect_exit=3)
+    reason = boot_failure(second)
+    assert reason.endswith(f"relayd cannot start: ca-server: autosave file {path} is in "
+                           f"use by another relay (pid {holder})"), reason
+    # The first one never noticed: it serves and saves as before.
+    assert caproto_client.put(pv, 2.0)
+    wait_for(lambda: stored(path).get(pv) == 2.0, what="the first relay saving")
+    # Import refuses to write under it; export reads it.
+    done = autosave_cli("import", "--autosave", str(path), input=json.dumps(
+        {"format": "relayd-autosave", "version": 1, "pvs": []}))
+    assert done.returncode == 1
+    assert done.stderr.strip() == (f"relayd autosave import: autosave file {path} is in use "
+                                   f"by a running relay (pid {holder}); stop it first")
+    exported = autosave_cli("export", "--autosave", str(path))
+    assert exported.returncode == 0 and "x_f1" in exported.stdout
+    # Its own CA process, killed and restarted by its supervisor, gets the store again.
+    os.kill(holder, signal.SIGKILL)
+    new = new_ca_process(first, holder)
+    assert Path(f"{path}.lock").read_text().split() == [str(new)]
+    caproto_client.forget_all()
+    assert caproto_client.get(pv) == 2.0
+    first.stop()
+    assert not Path(f"{path}.lock").exists()  # a clean stop lets go of it
+
+
+def test_a_deleted_file_is_made_again_with_every_pv(caproto_client, start_relay):
+    """The file and its -wal and -shm deleted under a running relay: within an interval
+    it is there again, with every PV (not only those changed since), it is written on,
+    and a kill of the CA process restores everything from it."""
+    client = caproto_client
+    relay = start_relay("--autosave-interval", "0.2")
+    path = relay.autosave_path
+    values = {"a_f1": 1.5, "b_i1": 7, "c_c20": "text", "d_F4": [1.0, 2.0], "e_f3": [1.0] * 3}
+    names = [full(relay, base) for base in values]
+    for base, value in values.items():
+        assert client.put(full(relay, base), value)
+    push(relay, (full(relay, "a_f1"), 2.5, {"meta": {"egu": "K", "hihi": 2.0}}))
+    wait_for(lambda: comparable(client.get(f"{full(relay, 'a_f1')}.EGU")) == "K",
+             what="the push applied")
+    wait_for(lambda: list(read_only(path) or {}) == names, what="every PV saved")
+    before = {pv: read_pv(client, pv) for pv in names}
+    for suffix in ("", "-wal", "-shm"):
+        os.unlink(f"{path}{suffix}")
+    wait_for(lambda: list(read_only(path) or {}) == names, timeout=20,
+             what="the file made again with every PV")
+    warnings = [line for line in relay.log_text().splitlines()
+                if "WARNING" in line and str(path) in line]
+    assert len(warnings) == 1, warnings
+    assert "was deleted" in warnings[0] and "every PV" in warnings[0]
+    assert client.put(full(relay, "after_f1"), 3.0)  # later changes go to the new file
+    wait_for(lambda: list(read_only(path) or {}) == [*names, full(relay, "after_f1")],
+             what="a later change saved in the new file")
+    old = relay.ca_pid()
+    os.kill(old, signal.SIGKILL)
+    new_ca_process(relay, old)
+    client.forget_all()
+    assert listed(client, relay) == [*names, full(relay, "after_f1")]
+    for pv in names:
+        assert read_pv(client, pv) == before[pv], pv
+    assert comparable(client.get(f"{full(relay, 'a_f1')}.EGU")) == "K"
+    assert status(client, relay, "autosave:restored") == len(names) + 1
+
+
 # --- export and import ------------------------------------------------------------------------------
 
 
@@ -603,6 +732,7 @@ def test_export_and_import(caproto_client, start_relay, tmp_path):
         return [item["name"] for item in json.loads(exported.read_text())["pvs"]] == names
 
     wait_for(exported_all, what="an export of every PV")
+    assert "made it again" not in relay.log_text()  # a reader beside it is no replacement
     data = json.loads(exported.read_text())
     assert (data["format"], data["version"]) == ("relayd-autosave", 1)
     by_name = {item["name"]: item for item in data["pvs"]}

@@ -7,11 +7,17 @@ full disk, since the store is a plain class, not a protocol.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import queue
+import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +27,13 @@ from relayd import config
 from relayd.store.paths import default_path
 from relayd.store.sqlite import MIGRATIONS, SCHEMA_VERSION, Store
 from relayd.store import writer
+from relayd.store.lock import InUse, StoreLock
 from relayd.store.writer import Autosaver
-from relayd.core.errors import BootError
+from relayd.core.errors import BootError, Refused
 from relayd.core.meta import DEFAULT_META, Meta
 from relayd.core.names import Grammar
 from relayd.core.pvstate import PVState, new_state
-from relayd.store.rows import SavedPV, from_state
+from relayd.store.rows import SavedPV, from_state, restore
 from relayd.core.values import convert
 from tests.harness import wait_for
 
@@ -172,6 +179,16 @@ def test_a_full_database_is_reported_as_full(store: Store) -> None:
         store.write([saved("big_f100000", [0.0] * 100_000)], ())
 
 
+def test_a_failed_replace_all_changes_nothing(store: Store) -> None:
+    """The delete of the old rows is part of the transaction that writes the new ones."""
+    store.write([saved("a_f1"), saved("b_f1")], ())
+    broken = SavedPV("P:c_f1", None, 1, False, 1.0, TS, {})  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.replace_all([saved("c_f1"), broken])
+    assert store.load() == [saved("a_f1"), saved("b_f1")]
+    assert reopen(Path(store.path)) == [saved("a_f1"), saved("b_f1")]
+
+
 def test_replace_all(store: Store) -> None:
     store.write([saved("a_f1"), saved("b_f1")], ())
     store.replace_all([saved("c_f1"), saved("a_f1", 3.0)])
@@ -247,17 +264,26 @@ def test_a_garbage_file_is_refused_with_one_line(path: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
 
 
-def corrupt_pages(path: Path) -> None:
-    """A store whose header is valid and some of whose pages are not."""
+def corrupt_pages(path: Path, after_open: bool = False) -> None:
+    """A store whose header is valid and some of whose pages are not; `after_open`: they
+    go bad after a store was opened, and its load fails with one line naming the file."""
     store = Store.open(str(path))
     store.write([saved(f"pv{i}_f100", [float(i)] * 100) for i in range(200)], ())
     store.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     store.close()
+    opened = Store.open(str(path)) if after_open else None
     data = bytearray(path.read_bytes())
     page = 4096
     assert len(data) > 10 * page
     data[5 * page:8 * page] = b"\xa5" * (3 * page)
-    path.write_bytes(bytes(data))
+    with open(path, "r+b") as file:  # in place: the same file for the opened store
+        file.write(bytes(data))
+    if opened is not None:
+        opened.connection.execute("PRAGMA shrink_memory")  # read from the file, not its cache
+        with pytest.raises(BootError) as info:
+            opened.load()
+        assert "\n" not in str(info.value) and str(path) in str(info.value)
+        opened.close()
 
 
 def test_a_corrupt_page_is_found_at_open(path: Path) -> None:
@@ -366,8 +392,8 @@ class FlakyStore(Store):
 class GatedStore(Store):
     """A store whose writes wait for `gate`, to change states while a save is under way."""
 
-    def __init__(self, connection: sqlite3.Connection, path: str):
-        super().__init__(connection, path)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.gate = threading.Event()
         self.entered = threading.Event()
 
@@ -385,8 +411,11 @@ def saver(path: Path):
     """An autosaver on a real store; stopped at the end if the test did not."""
     made: list[Autosaver] = []
 
-    def make(store_class: type[Store] = Store, interval: float = INTERVAL) -> Autosaver:
-        made.append(Autosaver(store_class.open(str(path)), interval))
+    def make(store_class: type[Store] = Store, interval: float = INTERVAL,
+             states: list[PVState] | None = None, lock: bool = False) -> Autosaver:
+        everything = [] if states is None else states
+        made.append(Autosaver(store_class.open(str(path), lock=lock), interval,
+                              lambda: everything))
         return made[-1]
 
     yield make
@@ -516,7 +545,7 @@ def test_stop_writes_everything(saver, path: Path) -> None:
 def test_a_snapshot_is_the_state_at_the_flush(path: Path) -> None:
     """The CA loop goes on changing a PV while the writer saves it: what is written is
     the buffer as it was at the flush, whole, and the later change comes with the next."""
-    autosaver = Autosaver(GatedStore.open(str(path)), 60)
+    autosaver = Autosaver(GatedStore.open(str(path)), 60, lambda: [])
     try:
         buffer, plain = state("b_F4", [1.0, 2.0]), state("p_f3", [1.0, 1.0, 1.0])
         autosaver.touch(buffer)
@@ -596,3 +625,475 @@ def test_touch_costs_no_io(saver, path: Path) -> None:
     elapsed = time.perf_counter() - started
     assert autosaver.store.attempts == 0  # type: ignore[attr-defined]
     assert elapsed < 1.0  # generous: about a microsecond each
+
+
+# --- rows as they are in the file ------------------------------------------------------------
+
+
+def hand_made(path: Path, rows: list[tuple]) -> None:
+    """A store at the current schema written by another tool: no constraints but the
+    key, so any column may hold anything, NULL included."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE pvs (name TEXT PRIMARY KEY, kind, count, buffer, value, "
+                   "ts_ns, attrs)")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.executemany("INSERT INTO pvs VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    db.close()
+
+
+GOOD_ROW = ("P:good_f1", "f", 1, 0, 1.5, TS, "{}")
+BAD_ROWS = [
+    ("P:a_f1", "f", 1, 0, 1.5, TS, "{not json"),
+    (None, "f", 1, 0, 1.5, TS, "{}"),
+    ("P:b_f1", "f", 1, 0, 1.5, "soon", "{}"),
+    ("P:c_f1", "f", 1, 0, "1.5", TS, "{}"),
+    ("P:d_f1", "f", "1", 0, 1.5, TS, "{}"),
+    ("P:e_f1", "f", 1, 7, 1.5, TS, "{}"),
+    ("P:f_f1", None, None, None, None, None, None),
+    ("P:g_f1", "f", 1, 0, 1.5, TS, '["egu"]'),
+    ("P:h_f1", "f", 1, 0, 1.5, TS, b'{"egu": "\xff"}'),
+    ("P:i_f1", "f", 1, 0, 1.5, 2**63 - 1, "{}"),
+    ("P:j_f1", "f", 1, 0, 1.5, TS, '{"prec": 99}'),
+    ("P:k_f1", "f", 1, 0, 1.5, TS, "[" * 100_000),
+    (b"P:l_f1", "f", 1, 0, 1.5, TS, "{}"),
+]
+
+
+def test_load_reads_every_row_whatever_it_holds(path: Path) -> None:
+    """Loading never fails on a row: each comes back as it is, and `rows.restore` (the
+    one gate) refuses the bad ones, naming them."""
+    hand_made(path, [GOOD_ROW, *BAD_ROWS, ("P:z_i1", "i", 1, 1 == 0, 7, TS, '{"egu": "V"}')])
+    with sqlite3.connect(path) as db:  # text that is not UTF-8, as another tool may write
+        db.execute("INSERT INTO pvs VALUES (CAST(x'503aff5f6631' AS TEXT), 'f', 1, 0, "
+                   "1.5, ?, '{}')", (TS,))
+        db.execute("INSERT INTO pvs VALUES ('P:m_f1', CAST(x'ff' AS TEXT), 1, 0, 1.5, ?, "
+                   "'{}')", (TS,))
+    db.close()
+    loaded = reopen(path)
+    assert len(loaded) == len(BAD_ROWS) + 4
+    assert loaded[0] == SavedPV("P:good_f1", "f", 1, False, 1.5, TS, {})
+    assert loaded[-3] == SavedPV("P:z_i1", "i", 1, False, 7, TS, {"egu": "V"})
+    refused = []
+    for item in loaded[1:-3] + loaded[-2:]:
+        with pytest.raises(Refused) as info:
+            restore(item, G)
+        refused.append(str(info.value))
+    assert all("\n" not in line for line in refused)
+    restore(loaded[0], G)
+    restore(loaded[-3], G)
+
+
+def test_a_file_that_cannot_be_read_at_load_is_a_boot_error(path: Path) -> None:
+    """Pages that went bad after `open` checked them: one line naming the file, not an
+    sqlite3 exception that would crash the CA process at every restart."""
+    corrupt_pages(path, after_open=True)
+
+
+def test_a_file_without_the_table_is_unusable(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE other (x)")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    db.close()
+    with pytest.raises(BootError) as info:
+        Store.open(str(path))
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+    assert "pvs" in str(info.value)
+    Store.open(str(path), reset=True).close()  # moved aside, a new one started
+    assert reopen(path) == []
+
+
+@pytest.mark.parametrize("table, why", [
+    ("pvs (name TEXT PRIMARY KEY, value)", "columns"),
+    ("pvs (name, kind, count, buffer, value, ts_ns, attrs)", "key"),
+    ("pvs (name, kind, count, buffer, value, ts_ns TEXT PRIMARY KEY, attrs)", "key"),
+])
+def test_a_table_of_another_shape_is_unusable(path: Path, table: str, why: str) -> None:
+    """Writes could never work on it (an upsert needs the name as its key)."""
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as db:
+        db.execute(f"CREATE TABLE {table}")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    db.close()
+    with pytest.raises(BootError) as info:
+        Store.open(str(path))
+    assert why in str(info.value) and "\n" not in str(info.value)
+
+
+# --- the writer thread: stopping, and errors it did not expect -----------------------------------
+
+
+class RacyQueue(queue.Queue):
+    """A queue whose timed `get` runs out *just before* `stop` hands over its sentinel:
+    the writer sees Empty, then finds the sentinel behind it (the race of issue 10)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()  # the writer is in the race window
+        self.sentinel = threading.Event()  # stop() has queued its None
+
+    def get(self, block: bool = True, timeout: float | None = None):
+        try:
+            return super().get(block, timeout)
+        except queue.Empty:
+            if block and timeout is not None and not self.sentinel.is_set():
+                self.waiting.set()
+                self.sentinel.wait(10)
+            raise
+
+    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        if item is None:
+            self.sentinel.set()
+
+
+def test_stop_finds_its_sentinel_behind_a_timeout(saver, path: Path, monkeypatch) -> None:
+    racy = RacyQueue()
+    monkeypatch.setattr(writer, "queue", types.SimpleNamespace(Queue=lambda: racy,
+                                                               Empty=queue.Empty))
+    autosaver = saver(FlakyStore)
+    autosaver.store.failing = True  # type: ignore[attr-defined]
+    a = state("a_f1", 1.0)
+    autosaver.touch(a)
+    autosaver.flush()  # fails: kept, retried after a timed wait
+    assert racy.waiting.wait(10), "the writer never waited with a timeout"
+    autosaver.store.failing = False  # type: ignore[attr-defined]
+    started = time.monotonic()
+    assert autosaver.stop(timeout=5) is True
+    assert time.monotonic() - started < 3
+    assert reopen(path) == [from_state(a)]
+
+
+class BuggyStore(Store):
+    """A store whose writes raise what no store should (a bug), `bugs` times."""
+
+    bugs = 1
+
+    def write(self, saved, deleted) -> None:
+        if self.bugs:
+            self.bugs -= 1
+            raise RuntimeError("a bug")
+        super().write(saved, deleted)
+
+
+def test_an_unexpected_error_is_logged_counted_and_the_writer_goes_on(saver, path: Path,
+                                                                       caplog) -> None:
+    autosaver = saver(BuggyStore)
+    a = state("a_f1", 1.0)
+    with caplog.at_level(logging.ERROR, logger="relayd.autosave"):
+        autosaver.touch(a)
+        autosaver.flush()
+        wait_for(lambda: autosaver.status.failures == 1, what="the failure counted")
+        wait_for(lambda: autosaver.status.pending == 0, what="the retry written")
+    assert reopen(path) == [from_state(a)]
+    bugs = [r for r in caplog.records if "a bug" in r.getMessage() or r.exc_info]
+    assert len(bugs) == 1 and bugs[0].exc_info is not None  # with its traceback
+    assert bugs[0].levelno == logging.ERROR and str(path) in bugs[0].getMessage()
+    assert autosaver.status.last_error == ""  # cleared once a write worked
+    b = state("b_f1", 2.0)
+    autosaver.touch(b)
+    assert autosaver.stop() is True  # still alive: it writes and stops
+    assert reopen(path) == [from_state(a), from_state(b)]
+
+
+def test_an_error_every_time_is_shown_and_logged_rate_limited(saver, caplog) -> None:
+    autosaver = saver(BuggyStore)
+    autosaver.store.bugs = 10**9  # type: ignore[attr-defined]
+    with caplog.at_level(logging.ERROR, logger="relayd.autosave"):
+        autosaver.touch(state("a_f1", 1.0))
+        autosaver.flush()
+        wait_for(lambda: autosaver.status.failures >= 6, what="failures counted")
+        status = autosaver.status
+        assert status.pending == 1 and status.last_error == "RuntimeError: a bug"
+    assert 1 <= len([r for r in caplog.records if r.exc_info]) <= 2
+    assert autosaver.stop(timeout=5) is False  # what could not be written is said
+
+
+# --- the lock: one relay per store ---------------------------------------------------------------
+
+
+def lock_file(path: Path) -> Path:
+    return Path(f"{path}.lock")
+
+
+def test_the_lock_keeps_a_second_user_out_and_names_the_holder(path: Path) -> None:
+    first = Store.open(str(path), lock=True)
+    try:
+        assert lock_file(path).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(InUse) as info:
+            Store.open(str(path), lock=True)
+        assert str(info.value) == (f"autosave file {path} is in use by another relay "
+                                   f"(pid {os.getpid()})")
+        assert isinstance(info.value, BootError)
+        Store.open(str(path)).close()  # without the lock (export): fine
+    finally:
+        first.close()
+    assert not lock_file(path).exists()  # a clean release deletes it
+    Store.open(str(path), lock=True).close()
+
+
+HOLDER = """
+import sys, time
+from relayd.store.sqlite import Store
+store = Store.open(sys.argv[1], lock=True)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_holder_killed_lets_go_of_the_lock(path: Path) -> None:
+    """What a CA process restarted by its supervisor relies on: the kernel releases the
+    lock of a killed process; the file it leaves behind is no obstacle."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(InUse, match=rf"\(pid {holder.pid}\)$"):
+            Store.open(str(path), lock=True)
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert lock_file(path).read_text() == f"{holder.pid}\n"  # left behind, unlocked
+    store = Store.open(str(path), lock=True)
+    try:
+        assert lock_file(path).read_text() == f"{os.getpid()}\n"
+    finally:
+        store.close()
+
+
+def test_reset_never_moves_a_store_in_use_aside(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    path.write_bytes(GARBAGE)
+    held = StoreLock.take(str(path))
+    try:
+        with pytest.raises(InUse):
+            Store.open(str(path), reset=True, lock=True)
+    finally:
+        held.release()
+    assert path.read_bytes() == GARBAGE
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_a_failed_open_lets_go_of_the_lock(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    path.write_bytes(GARBAGE)
+    with pytest.raises(BootError, match="not a database"):
+        Store.open(str(path), lock=True)
+    assert not lock_file(path).exists()
+    StoreLock.take(str(path)).release()
+
+
+def test_a_lock_file_that_cannot_be_made_is_a_boot_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(BootError) as info:
+        Store.open(str(blocker / "relay.sqlite"), lock=True)
+    assert "\n" not in str(info.value) and str(blocker) in str(info.value)
+
+
+def test_a_deleted_lock_file_is_made_again(saver, path: Path, caplog) -> None:
+    autosaver = saver(lock=True)
+    with caplog.at_level(logging.WARNING, logger="relayd.autosave"):
+        lock_file(path).unlink()
+        wait_for(lambda: lock_file(path).exists(), what="the lock file made again")
+    assert lock_file(path).read_text() == f"{os.getpid()}\n"
+    with pytest.raises(InUse):
+        Store.open(str(path), lock=True)
+    assert any("lock file" in r.getMessage() and str(path) in r.getMessage()
+               for r in caplog.records if r.levelno == logging.WARNING)
+    assert autosaver.stop() is True
+    assert not lock_file(path).exists()
+
+
+# --- the file deleted or replaced under the writer ----------------------------------------------
+
+
+def names_in(path: Path) -> list[str] | None:
+    """The names in the store at `path`, read-only (never creating the file); None if
+    there is no readable store there (yet)."""
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        return [row[0] for row in db.execute("SELECT name FROM pvs ORDER BY rowid")]
+    except sqlite3.Error:
+        return None
+    finally:
+        db.close()
+
+
+def wait_remade(autosaver: Autosaver, path: Path, states: list[PVState], caplog) -> str:
+    """Wait for the writer to say it made the file again, then for the file to hold
+    every PV of `states`; the writer's warning. Each poll is a turn of the CA loop too
+    (`tick`), from this thread, as the CA loop's own. (Nothing reads the file before the
+    warning: a reader could take the writer's old -wal for the file's own.)"""
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                and r.getMessage().startswith("autosave file ")]
+
+    def check(condition) -> bool:
+        autosaver.tick(time.monotonic())
+        return condition()
+
+    wait_for(lambda: check(warnings), what="the writer's warning")
+    wait_for(lambda: check(lambda: names_in(path) == [s.spec.name for s in states]),
+             what="every PV in the file made again")
+    assert len(warnings()) == 1, warnings()
+    return warnings()[0]
+
+
+@pytest.fixture
+def three(saver, path: Path):
+    """An autosaver that has saved three PVs, and those PVs."""
+    states = [state("a_f1", 1.0), state("b_F4", [1.0, 2.0]), state("c_c10", "text")]
+    autosaver = saver(states=states, lock=True)
+    for item in states:
+        autosaver.touch(item)
+    autosaver.flush()
+    assert autosaver.wait_idle(5)
+    assert names_in(path) == [s.spec.name for s in states]
+    return autosaver, states
+
+
+@pytest.mark.parametrize("deleted", [("", "-wal", "-shm"), ("",), ("-wal", "-shm")])
+def test_a_deleted_file_is_made_again_with_every_pv(three, path: Path, caplog,
+                                                    deleted: tuple) -> None:
+    autosaver, states = three
+    with caplog.at_level(logging.WARNING, logger="relayd.autosave"):
+        for suffix in deleted:
+            os.unlink(f"{path}{suffix}")
+        warning = wait_remade(autosaver, path, states, caplog)
+        assert autosaver.store.changed() is None
+    assert str(path) in warning and "was deleted" in warning and "every PV" in warning
+    # It goes on writing into the new file, and what a new start reads is all there.
+    put(states[0], 5.0)
+    autosaver.touch(states[0])
+    assert autosaver.stop() is True
+    assert reopen(path) == [from_state(s) for s in states]
+    assert autosaver.status.failures == 0
+    assert not [p for p in path.parent.iterdir() if ".replaced-" in p.name]
+
+
+class HeldStore(Store):
+    """A store whose next write, once `held`, waits for `gate`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.held = False
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def write(self, saved, deleted) -> None:
+        if self.held:
+            self.held = False
+            self.entered.set()
+            assert self.gate.wait(10)
+        super().write(saved, deleted)
+
+
+def test_a_file_made_again_holds_the_pvs_in_creation_order(saver, path: Path,
+                                                           caplog) -> None:
+    """A change that reaches the writer as it makes the file again is not written first:
+    it waits for the flush of every PV, which comes in creation order."""
+    states = [state("a_f1", 1.0), state("b_F4", [1.0, 2.0]), state("c_c10", "text")]
+    autosaver = saver(HeldStore, states=states, lock=True)
+    store: HeldStore = autosaver.store  # type: ignore[assignment]
+    for item in states:
+        autosaver.touch(item)
+    autosaver.flush()
+    assert autosaver.wait_idle(5)
+    store.held = True
+    put(states[0], 2.0)
+    autosaver.touch(states[0])
+    autosaver.flush()
+    assert store.entered.wait(5)  # the writer is inside a write
+    held_at = time.monotonic()
+    for suffix in ("", "-wal", "-shm"):
+        os.unlink(f"{path}{suffix}")
+    put(states[1], [3.0])
+    autosaver.touch(states[1])
+    autosaver.flush()  # queued behind the write: the file is not yet known to be gone
+    time.sleep(max(0.0, held_at + 2 * INTERVAL - time.monotonic()))  # a check is due
+    with caplog.at_level(logging.WARNING, logger="relayd.autosave"):
+        store.gate.set()
+        assert autosaver.wait_idle(5)
+        assert len(caplog.records) == 1  # made again in the pass that took the change...
+        assert names_in(path) == []  # ...and the change not written ahead of the others
+        wait_remade(autosaver, path, states, caplog)
+    assert autosaver.stop() is True
+    assert reopen(path) == [from_state(s) for s in states]
+
+
+def test_a_file_deleted_just_before_a_stop_gets_every_pv(three, path: Path) -> None:
+    """No interval, no flush of everything left: the stop itself notices, and writes
+    every PV (the CA loop waits in `stop`, so the writer reads the PVs itself)."""
+    autosaver, states = three
+    for suffix in ("", "-wal", "-shm"):
+        os.unlink(f"{path}{suffix}")
+    put(states[1], [3.0])
+    autosaver.touch(states[1])
+    assert autosaver.stop() is True
+    assert reopen(path) == [from_state(s) for s in states]  # in creation order
+
+
+def test_a_replaced_file_is_moved_aside_and_made_again(three, path: Path, tmp_path: Path,
+                                                       caplog) -> None:
+    autosaver, states = three
+    other = tmp_path / "other.sqlite"
+    made = Store.open(str(other))
+    made.write([saved("other_f1")], ())
+    made.close()
+    os.replace(other, path)
+    with caplog.at_level(logging.WARNING, logger="relayd.autosave"):
+        warning = wait_remade(autosaver, path, states, caplog)
+    aside = [p for p in path.parent.iterdir() if p.name.startswith(f"{path.name}.replaced-")]
+    assert len(aside) == 1
+    assert names_in(aside[0]) == ["P:other_f1"]
+    assert "was replaced" in warning and str(aside[0]) in warning
+    assert autosaver.stop() is True
+
+
+def test_a_reader_beside_the_writer_changes_nothing(three, path: Path) -> None:
+    """An export opens and closes the file while the relay writes: no false alarm."""
+    autosaver, states = three
+    for _ in range(3):
+        reader = Store.open(str(path))
+        assert [item.name for item in reader.load()] == [s.spec.name for s in states]
+        reader.close()
+    assert autosaver.store.changed() is None
+    assert autosaver.stop() is True
+
+
+def test_a_file_that_cannot_be_made_again_is_a_failure_retried(three, path: Path,
+                                                               caplog) -> None:
+    autosaver, states = three
+    shutil.rmtree(path.parent)
+    path.parent.write_text("")  # in the way: the file cannot be made again
+    wait_for(lambda: autosaver.status.failures >= 2, what="failures counted")
+    assert autosaver.status.last_error != ""
+    with caplog.at_level(logging.WARNING, logger="relayd.autosave"):
+        path.parent.unlink()
+        wait_remade(autosaver, path, states, caplog)
+    assert lock_file(path).read_text() == f"{os.getpid()}\n"  # the lock is back too
+    assert autosaver.stop() is True
+    assert autosaver.status.last_error == ""
+
+
+def test_a_pv_made_under_the_name_of_a_row_left_out_goes_last(path: Path) -> None:
+    """The bad row is kept as it is until a PV of its name is saved: that one replaces it
+    at the end of the store, in creation order, as the relay lists it."""
+    hand_made(path, [("P:a_f1", "f", 1, 0, 1.0, "soon", "{}"), GOOD_ROW])
+    store = Store.open(str(path))
+    good = state("good_f1", 1.5)
+    autosaver = Autosaver(store, 60, lambda: [good], [row.name for row in store.load()])
+    try:
+        again = state("a_f1", 2.0)
+        autosaver.touch(again)
+    finally:
+        assert autosaver.stop() is True
+    assert [item.name for item in reopen(path)] == ["P:good_f1", "P:a_f1"]
+    assert reopen(path)[1] == from_state(again)
