@@ -20,6 +20,7 @@ import zmq
 from relayd.config import Config
 from relayd.core.errors import BootError, Reason, Refused
 from relayd.core.names import Grammar
+from relayd.core.ops import PipeOp
 from relayd.supervise.child import ChildEnv
 from relayd.supervise.lifeline import Lifeline
 from relayd.supervise.pipe import Forward, PipeWriter, encode_forward
@@ -118,7 +119,7 @@ def run(env: ChildEnv) -> None:
     log.info("ingest worker stopped")
 
 
-def gather(sock: zmq.Socket, ingest: Ingest) -> list[list[tuple]]:
+def gather(sock: zmq.Socket, ingest: Ingest) -> list[list[PipeOp]]:
     """Every message waiting (up to a bound), as batches of accepted ops."""
     batches = []
     size = updates = 0
