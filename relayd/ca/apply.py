@@ -26,6 +26,7 @@ from relayd.ca.pvs import DBE_ALL, DBE_PROPERTY, DBE_VALUE_LOG
 from relayd.core.errors import Reason, Refused
 from relayd.core.ops import Op
 from relayd.core.writes import Relay
+from relayd.logs import RateLimitedLog
 from relayd.supervise.pipe import PipeReader, decode_forward
 
 log = logging.getLogger("relayd.ca")
@@ -73,6 +74,9 @@ class PipeIngest:
         # Events posted to each PV in this cycle (see `drain`).
         self._posts: dict[Any, int] = {}
         self._cycle_full = False
+        self._dropped = 0  # the reader's dropped chunks already reported
+        # Dropped chunks: a pipe that keeps breaking must not flood the log.
+        self._log = RateLimitedLog(log, burst=3, period=60.0)
 
     def drain(self, max_updates: int, budget: float) -> bool:
         """Apply waiting batches; True once the pipe is empty.
@@ -90,6 +94,8 @@ class PipeIngest:
         while True:
             if not self._pending:
                 payload = self.reader.read()
+                if self.reader.dropped != self._dropped:
+                    self._report_dropped()
                 if payload is None:
                     return True
                 self._take(payload)
@@ -118,6 +124,22 @@ class PipeIngest:
             self.stats.merge_worker(forward.counters)
         self._pending.extend(forward.batches)
         self._sent_ns = forward.sent_ns
+
+    def _report_dropped(self) -> None:
+        """Show the chunks of incomplete messages the reader dropped (see `pipe.Reassembler`).
+
+        Either a send the worker timed out on (a full pipe) and repeated whole, so that
+        nothing is lost, or a message cut short by a restart of either process, whose
+        updates are lost. The reader cannot tell which.
+        """
+        dropped = self.reader.dropped
+        self._log.warning(
+            "dropped", "internal pipe: dropped %d chunks of incomplete messages (%d since "
+            "start): a send the ingest worker repeated after a full pipe (nothing lost), or "
+            "a message cut short by a restart (its updates lost)",
+            dropped - self._dropped, dropped,
+        )
+        self._dropped = self.stats.pipe_dropped = dropped
 
     def apply_batch(self, ops: list) -> None:
         """Apply one ZMQ message's updates (PipeOps, as lists), then post each touched PV once."""

@@ -24,7 +24,9 @@ from relayd.core.ops import Op, PipeOp
 from relayd.core.protocol import dumps, encode_update
 from relayd.core.registry import Registry
 from relayd.core.writes import Relay
-from relayd.supervise.pipe import Forward, PipeReader, PipeWriter, encode_forward, socket_pair
+from relayd.supervise.pipe import (
+    Forward, PipeReader, PipeWriter, encode_forward, packets, socket_pair,
+)
 from workers.ingest.validate import Ingest
 
 pytestmark = pytest.mark.timeout(60)
@@ -330,6 +332,34 @@ def test_worker_counters_are_merged(rig: Rig) -> None:
     assert rig.drain()
     assert (rig.stats.zmq_messages, rig.stats.zmq_updates) == (1, 2)
     assert rig.stats.by_reason[Reason.BAD_NAME] == 1
+
+
+def test_dropped_chunks_are_counted_and_logged(rig: Rig,
+                                               records: list[logging.LogRecord]) -> None:
+    """Chunks of a message begun before this reader (a restarted CA process) are dropped:
+    the status PV shows how many, and the log says so (rate-limited)."""
+    def send_tail(message_id: int) -> None:
+        for packet in list(packets(message_id, bytes(3 * 60_000)))[1:]:
+            rig.writer.sock.send(packet)
+
+    send_tail(1_000)
+    rig.send(rig.batch(update("d_f1", 1.0)))
+    assert rig.drain() is True
+    assert rig.server.value("d_f1") == 1.0
+    assert rig.stats.pipe_dropped == 2
+    warnings = [record for record in records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "dropped" in warnings[0].getMessage()
+    assert "dropped 2 chunks" in warnings[0].getMessage()
+
+    send_tail(2_000)  # dropped, and nothing whole after them
+    assert rig.drain() is True
+    assert rig.stats.pipe_dropped == 4
+    for message_id in range(3_000, 3_010):
+        send_tail(message_id)
+        rig.drain()
+    assert rig.stats.pipe_dropped == 24
+    warnings = [record for record in records if record.levelno == logging.WARNING]
+    assert 2 <= len(warnings) <= 3  # rate-limited
 
 
 def test_the_ca_server_and_the_recorder_are_ingest_servers() -> None:
