@@ -75,7 +75,8 @@ class PipeIngest:
         self._posts: dict[Any, int] = {}
         self._cycle_full = False
         self._dropped = 0  # the reader's dropped chunks already reported
-        # Dropped chunks: a pipe that keeps breaking must not flood the log.
+        # Internal errors (with their traceback) and dropped chunks: a message that
+        # triggers a bug, or a pipe that keeps breaking, must not flood the log.
         self._log = RateLimitedLog(log, burst=3, period=60.0)
 
     def drain(self, max_updates: int, budget: float) -> bool:
@@ -185,6 +186,7 @@ class PipeIngest:
                 self._cycle_full = True
 
     def _internal_error(self, what: str, source: str) -> None:
-        """A bug, not the sender's fault: count it, log it with its traceback."""
-        log.exception("internal error applying %s", what)
+        """A bug, not the sender's fault: count it, log it with its traceback (rate-limited)."""
+        self._log.log(logging.ERROR, "internal", "internal error applying %s", what,
+                      exc_info=True)
         self.server.report(Refused(Reason.INTERNAL, f"applying {what}"), source)

@@ -254,6 +254,19 @@ def test_an_op_that_triggers_a_bug_is_counted_internal_and_the_rest_applied(
     assert len(errors) == 1 and errors[0].exc_info is not None  # with its traceback
 
 
+def test_internal_errors_are_logged_rate_limited(rig: Rig,
+                                                 records: list[logging.LogRecord]) -> None:
+    """A stream of messages that trigger a bug must not flood the log (each is counted)."""
+    broken = PipeOp(Op.PUT, f"{PREFIX}:a_f1", 1.0, 1, {"bogus": 1})
+    for _ in range(50):
+        rig.send([broken])
+    assert rig.drain()
+    assert rig.stats.by_reason[Reason.INTERNAL] == 50
+    errors = [record for record in records if record.levelno == logging.ERROR]
+    assert 1 <= len(errors) <= 3, [record.getMessage() for record in errors]
+    assert all(record.exc_info is not None for record in errors)
+
+
 @pytest.mark.parametrize("payload, detail", [
     pytest.param(b"\xc1 not msgpack", "undecodable pipe message", id="not-msgpack"),
     pytest.param(b"\x93\x01\x02\x03", "undecodable pipe message", id="three-items"),

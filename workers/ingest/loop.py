@@ -18,7 +18,7 @@ from typing import Callable
 import zmq
 
 from relayd.config import Config
-from relayd.core.errors import BootError, Reason, Refused
+from relayd.core.errors import BootError
 from relayd.core.names import Grammar
 from relayd.core.ops import PipeOp
 from relayd.supervise.child import ChildEnv
@@ -133,8 +133,7 @@ def gather(sock: zmq.Socket, ingest: Ingest) -> list[list[PipeOp]]:
         try:
             ops = ingest.handle(data, time.time_ns())
         except Exception:  # a bug, not the client's fault: keep serving
-            log.exception("internal error handling a ZMQ message")
-            ingest.refuse(Refused(Reason.INTERNAL, "message dropped"), "ZMQ update")
+            ingest.internal_error()
             continue
         if ops:
             batches.append(ops)

@@ -44,11 +44,23 @@ class Ingest:
         self._refused: Counter[str] = Counter()
         self._last_refusal = ""
         self._log = RateLimitedLog(log)
+        # Tracebacks of bugs: a message that triggers one must not flood the log.
+        self._errors = RateLimitedLog(log, burst=3, period=60.0)
 
     def refuse(self, refused: Refused, source: str) -> None:
         self._refused[refused.reason.code] += 1
         self._last_refusal = f"{source}: {refused}"
         self._log.warning(refused.reason, "refused %s", self._last_refusal)
+
+    def internal_error(self, source: str = "ZMQ update") -> None:
+        """A message was dropped because handling it raised: a bug, not the sender's fault.
+
+        Call it in the ``except`` clause: the traceback is logged (rate-limited) and the
+        message counted as an ``internal`` refusal.
+        """
+        self._errors.log(logging.ERROR, "internal",
+                         "internal error handling a ZMQ message; it was dropped", exc_info=True)
+        self.refuse(Refused(Reason.INTERNAL, "message dropped"), source)
 
     def handle(self, message: bytes, arrival_ns: int, source: str = "ZMQ update"
                ) -> list[PipeOp]:
