@@ -1,9 +1,9 @@
 """Moving values between a PV's state and pcaspy's gdd containers.
 
-This is the hot path of the relay: every monitor event is one `event()` call, so it
-makes the fewest possible calls into the SWIG layer (a value gdd, the data, the time
-stamp, and the alarm only when there is one) and never goes through pcaspy's generic
-`gdd.put`, whose type dispatch costs more than the post itself.
+This is the hot path of the relay: every monitor event is one `monitor_event()` call,
+so it makes the fewest possible calls into the SWIG layer (a value gdd, the data, the
+alarm, the time stamp) and never goes through pcaspy's generic `gdd.put`, whose type
+dispatch costs more than the post itself.
 """
 
 from __future__ import annotations
@@ -21,17 +21,6 @@ GDD_APP_VALUE = 16  # gddAppType_value
 EPICS_EPOCH_NS = cas.POSIX_TIME_AT_EPICS_EPOCH * 1_000_000_000
 NS = 1_000_000_000
 
-_PUT_ARRAY = {
-    Kind.FLOAT: cas.gdd.putDoubleDataBuffer,
-    Kind.INT: cas.gdd.putIntDataBuffer,
-    Kind.CHAR: cas.gdd.putCharDataBuffer,
-}
-
-
-def wire_scalar(spec: PVSpec) -> bool:
-    """True when CA sees the PV as a scalar (count 1), text included."""
-    return spec.count == 1
-
 
 def epics_time(ts_ns: int) -> cas.epicsTimeStamp:
     """An epicsTimeStamp for POSIX nanoseconds; times before 1990 become the epoch."""
@@ -41,54 +30,56 @@ def epics_time(ts_ns: int) -> cas.epicsTimeStamp:
     return cas.epicsTimeStamp(seconds, nsec)
 
 
-def fill(value: cas.gdd, state: PVState, stamp: cas.epicsTimeStamp | None = None) -> None:
-    """Put `state`'s value, alarm and time into the gdd `value`."""
-    spec = state.spec
-    served = state.served()
-    if spec.count == 1:
-        if value.primitiveType() == cas.aitEnumInvalid:
-            value.setPrimType(AIT[spec.kind])
-        value.putConvertNumeric(served[0] if spec.kind is Kind.CHAR else served)
-    else:
-        value.setDimension(1)
-        value.setBound(0, 0, len(served))
-        _PUT_ARRAY[spec.kind](value, served)
-    # Always set, even to NO_ALARM: pcas reuses containers, with the alarm they last held.
-    value.setStatSevr(state.status, state.severity)
-    value.setTimeStamp(stamp if stamp is not None else epics_time(state.ts_ns))
-
-
-# The SWIG functions behind pcaspy's gdd methods. `event` calls them directly on the
-# plain SWIG object: building pcaspy's proxy object and looking up its methods cost more
-# than the work itself (measured: 1.3 us against 0.5 us for a scalar event).
+# The SWIG functions behind pcaspy's gdd methods, called directly: on the plain SWIG
+# object of a new gdd, building pcaspy's proxy object and looking up its methods cost
+# more than the work itself (measured: 1.3 us against 0.5 us for a scalar event). They
+# take a pcaspy proxy (a gdd pcas hands us) just as well.
 _new_gdd = _cas.new_gdd
+_prim_type = _cas.gdd_primitiveType
+_set_prim_type = _cas.gdd_setPrimType
 _put_number = _cas.gdd_putConvertNumeric
 _set_dimension = _cas.gdd_setDimension
 _set_bound = _cas.gdd_setBound
 _set_stat_sevr = _cas.gdd_setStatSevr
 _set_stamp = _cas.gdd_setTimeStamp
-_PUT_ARRAY_RAW = {
+# Enum members are slow to look up in Python 3.11 (~60 ns): `fill` compares with this.
+_CHAR = Kind.CHAR
+_PUT_ARRAY = {
     Kind.FLOAT: _cas.gdd_putDoubleDataBuffer,
     Kind.INT: _cas.gdd_putIntDataBuffer,
     Kind.CHAR: _cas.gdd_putCharDataBuffer,
 }
 
 
-def event(state: PVState, stamp: cas.epicsTimeStamp | None = None) -> object:
-    """A new value gdd (a plain SWIG object) for a monitor event of `state`."""
+def fill(value: object, state: PVState, stamp: cas.epicsTimeStamp | None = None) -> None:
+    """Put `state`'s value, alarm and time into the gdd `value`, typed for its PV.
+
+    The one way a PV's state goes into a gdd: a new one for a monitor event
+    (`monitor_event`), the value member of a DBR_CTRL container (`ctrl_event`), and,
+    through `fill_read`, the gdd of a client's read.
+    """
     spec = state.spec
-    kind = spec.kind
-    value = _new_gdd(GDD_APP_VALUE, AIT[kind])
     served = state.served()
     if spec.count == 1:
-        _put_number(value, served[0] if kind is Kind.CHAR else served)
+        _put_number(value, served[0] if spec.kind is _CHAR else served)
     else:
         _set_dimension(value, 1, None)
         _set_bound(value, 0, 0, len(served))
-        _PUT_ARRAY_RAW[kind](value, served)
+        _PUT_ARRAY[spec.kind](value, served)
+    # Always set, even to NO_ALARM: pcas reuses containers, with the alarm they last held.
     _set_stat_sevr(value, state.status, state.severity)
     _set_stamp(value, stamp if stamp is not None else epics_time(state.ts_ns))
-    return value
+
+
+def fill_read(value: cas.gdd, state: PVState) -> None:
+    """`fill` the gdd pcas hands a PV's ``getValue`` (a client's read).
+
+    It may come without a type yet (as pcaspy's own PVs handle it too): it then gets the
+    PV's. The gdds this module makes are typed when made, so `fill` need not ask.
+    """
+    if _prim_type(value) == cas.aitEnumInvalid:
+        _set_prim_type(value, AIT[state.spec.kind])
+    fill(value, state)
 
 
 class Stamps:
@@ -167,11 +158,16 @@ def ctrl_event(state: PVState, stamp: cas.epicsTimeStamp | None = None) -> cas.g
     return container
 
 
-def monitor_event(state: PVState, stamp: cas.epicsTimeStamp | None = None) -> cas.gdd:
-    """The gdd to post for `state`: with its attributes when it has any."""
+def monitor_event(state: PVState, stamp: cas.epicsTimeStamp | None = None) -> object:
+    """The gdd to post for `state`: with its attributes when it has any.
+
+    Otherwise a value gdd alone, a plain SWIG object (see `fill`).
+    """
     if state.meta.has_display:
         return ctrl_event(state, stamp)
-    return event(state, stamp)
+    value = _new_gdd(GDD_APP_VALUE, AIT[state.spec.kind])
+    fill(value, state, stamp)
+    return value
 
 
 # --- record-style fields ------------------------------------------------------------------

@@ -30,6 +30,7 @@ _internal_errors = RateLimitedLog(log, burst=3, period=60.0)
 
 DBE_VALUE_LOG = cas.DBE_VALUE | cas.DBE_LOG
 DBE_ALL = cas.DBE_VALUE | cas.DBE_LOG | cas.DBE_ALARM
+DBE_PROPERTY = cas.DBE_PROPERTY
 _CTRL_APPS = ca_gdd.CTRL_APPS_ALL
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -176,7 +177,7 @@ class ServedPV(MonitoredPV):
 
     @guarded(cas.S_casApp_undefined)
     def getValue(self, value: cas.gdd) -> int:
-        ca_gdd.fill(value, self.state)
+        ca_gdd.fill_read(value, self.state)
         return cas.S_casApp_success
 
     @guarded(cas.S_cas_internal)
@@ -263,7 +264,7 @@ class ComputedPV(ServedPV):
     @guarded(cas.S_casApp_undefined)
     def getValue(self, value: cas.gdd) -> int:
         self.refresh(time.time_ns())
-        ca_gdd.fill(value, self.state)
+        ca_gdd.fill_read(value, self.state)
         return cas.S_casApp_success
 
 

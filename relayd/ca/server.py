@@ -16,7 +16,9 @@ from typing import Any, Callable
 from pcaspy import cas
 
 from relayd.store.writer import Autosaver
-from relayd.ca.pvs import DBE_ALL, DBE_VALUE_LOG, FieldPV, ServedPV, guarded, put_source
+from relayd.ca.pvs import (
+    DBE_ALL, DBE_PROPERTY, DBE_VALUE_LOG, FieldPV, ServedPV, guarded, put_source,
+)
 from relayd.config import Config
 from relayd.ca.control import ControlPVs
 from relayd.core.errors import Reason, Refused
@@ -185,8 +187,13 @@ class CAServer(cas.caServer):
                 stamp: cas.epicsTimeStamp | None = None) -> None:
         """A value was applied to `pv`: post it, save it, watch it if it may go stale.
 
-        `stamp` is the value's time stamp when the caller has it made already.
+        `mask` says which monitors to post to (DBE_* bits); with DBE_PROPERTY, the
+        attributes changed with the value. `stamp` is the value's time stamp when the
+        caller has it made already.
         """
+        if mask & DBE_PROPERTY:
+            pv.post_property()
+            mask &= ~DBE_PROPERTY
         pv.post(mask, stamp)
         if self.autosaver is not None:
             self.autosaver.touch(pv.state)

@@ -28,6 +28,7 @@ class Stats:
         # the internal pipe, as measured by the CA process
         self.pipe_backlog = 0  # bytes waiting
         self.pipe_lag = 0.0  # seconds from the worker's send to the last apply
+        self.pipe_dropped = 0  # chunks of incomplete messages the CA process dropped
         # restarts of each child process, as told by the supervisor
         self.restarts: dict[str, int] = {}
         # autosave, as its writer reports it (an `autosave.AutosaveStatus`), if enabled

@@ -74,6 +74,11 @@ STATUS_PVS: tuple[StatusPV, ...] = (
              "seconds from the worker forwarding a batch to the CA process applying it "
              "(last batch)",
              lambda relay, started: round(relay.stats.pipe_lag, 6)),
+    StatusPV("status:pipe:dropped", Kind.FLOAT, 1,
+             "chunks of incomplete messages the CA process dropped from the pipe: a send the "
+             "worker repeated after a full pipe (nothing lost), or a message cut short by a "
+             "restart (its updates lost)",
+             lambda relay, started: float(relay.stats.pipe_dropped)),
     StatusPV("status:restarts:ca", Kind.INT, 1,
              "times the supervisor restarted the CA server process",
              lambda relay, started: int(relay.stats.restarts.get("ca-server", 0))),

@@ -38,22 +38,30 @@ class Relay(Generic[PV]):
     def put_spec(self, spec: PVSpec, raw: object, ts_ns: int, now: float = 0.0
                  ) -> tuple[PV, bool]:
         """Put `raw` to the PV described by `spec` (its name already parsed)."""
-        return self.apply(spec, convert(spec, raw), ts_ns, now)
-
-    def apply(self, spec: PVSpec, stored: Stored, ts_ns: int, now: float = 0.0,
-              meta: dict | None = None) -> tuple[PV, bool]:
-        """Apply a value already converted for `spec`, creating the PV if needed.
-
-        `meta`, attribute changes already checked (`meta.check_changes`), are applied
-        first, so the value's alarm is judged by the new limits.
-        """
+        stored = convert(spec, raw)
         pv = self.registry.ensure(spec)
+        return pv, self.apply(pv, stored, ts_ns, now)
+
+    def ensure(self, name: str) -> PV:
+        """The PV of the full name `name`, made if needed, for a value already converted.
+
+        `Refused` if the name is not the relay's, or the relay is full.
+        """
+        return self.registry.ensure(self._parse(name, name))
+
+    def apply(self, pv: PV, stored: Stored, ts_ns: int, now: float = 0.0,
+              meta: dict | None = None) -> bool:
+        """Apply a value already converted for `pv`; True if its alarm changed.
+
+        The one place a value is applied, whichever way it came in. `meta`, attribute
+        changes already checked (`meta.check_changes`), are applied first, so the value's
+        alarm is judged by the new limits.
+        """
         state = pv.state
         if meta:
             state.meta = replace(state.meta, **meta)
-        alarm_changed = state.put(stored, ts_ns, now)
         self.stats.accepted += 1
-        return pv, alarm_changed
+        return state.put(stored, ts_ns, now)
 
     def restore(self, spec: PVSpec, stored: Stored, ts_ns: int, meta: Meta, now: float) -> PV:
         """Recreate a saved PV with its value, time stamp and attributes (at start)."""
@@ -62,15 +70,6 @@ class Relay(Generic[PV]):
         pv.state.put(stored, ts_ns, now)
         self.stats.restored += 1
         return pv
-
-    def update(self, pv: PV, stored: Stored, ts_ns: int, now: float,
-               meta: dict | None = None) -> bool:
-        """`apply` for a PV already looked up (the ingest hot path); True if alarm changed."""
-        state = pv.state
-        if meta:
-            state.meta = replace(state.meta, **meta)
-        self.stats.accepted += 1
-        return state.put(stored, ts_ns, now)
 
     def set_meta(self, name: str, changes: dict) -> tuple[PV, bool]:
         """Apply checked attribute changes to the existing PV `name`.
@@ -85,11 +84,17 @@ class Relay(Generic[PV]):
         self.stats.accepted += 1
         return pv, alarm_changed
 
+    def _parse(self, full: str, name: str) -> PVSpec:
+        """The spec of `full`; `Refused` (naming `name`, as the sender wrote it) if none."""
+        spec = self.grammar.parse(full)
+        if spec is None:
+            raise Refused(Reason.BAD_NAME, f"{name!r} is not a relay PV name")
+        return spec
+
     def delete(self, name: str) -> PV:
         """Delete the PV `name` (with or without the prefix) and return it."""
         full = self.grammar.qualify(name.strip())
-        if self.grammar.parse(full) is None:
-            raise Refused(Reason.BAD_NAME, f"{name!r} is not a relay PV name")
+        self._parse(full, name)
         pv = self.registry.delete(full)
         self.stats.deleted += 1
         return pv

@@ -36,6 +36,7 @@ import msgpack
 import numpy as np
 
 from relayd.core.names import Kind
+from relayd.core.ops import PipeOp
 
 # Payload bytes per packet: fits the default socket buffer of every Linux.
 CHUNK = 60_000
@@ -44,8 +45,6 @@ _HEADER = struct.Struct("!IHH")  # message id, chunk index, chunk count
 # msgpack extension codes for numpy arrays inside pipe messages.
 _EXT_DTYPES = {1: Kind.FLOAT.stored_dtype, 2: Kind.INT.stored_dtype, 3: Kind.CHAR.stored_dtype}
 _EXT_CODES = {dtype: code for code, dtype in _EXT_DTYPES.items()}
-
-PUT, DELETE, META = 0, 1, 2
 
 
 def socket_pair(buffer_bytes: int) -> tuple[socket.socket, socket.socket]:
@@ -125,15 +124,14 @@ class Reassembler:
 class Forward:
     """One pipe message from the worker: updates in batches, and counters to add.
 
-    Each batch is one ZMQ message's accepted updates, applied atomically by the CA
-    process. An op is ``(PUT, full_name, stored_value, ts_ns, meta_changes or None)``,
-    ``(META, full_name, None, 0, meta_changes)`` or ``(DELETE, full_name, None, 0, None)``;
-    meta changes are already checked (`meta.check_changes`).
+    Each batch is one ZMQ message's accepted updates (`relayd.core.ops.PipeOp`), applied
+    atomically by the CA process. The worker sends PipeOps; `decode_forward` gives each
+    back as a list in PipeOp's field order (see `relayd.core.ops` for why).
     """
 
     seq: int
     sent_ns: int  # time.monotonic_ns() when the worker sent it (same host clock)
-    batches: list[list[tuple]] = field(default_factory=list)
+    batches: list[list[PipeOp]] = field(default_factory=list)
     counters: dict[str, Any] = field(default_factory=dict)
 
 
@@ -162,9 +160,16 @@ def encode_forward(forward: Forward) -> bytes:
 
 
 def decode_forward(payload: bytes) -> Forward:
+    """The Forward in `payload`; `ValueError` (or msgpack's errors) if it is not one.
+
+    Checked down to the list of batches. Each batch, and each op in it, is checked where
+    it is applied: checking a batch here would cost as much again as decoding it.
+    """
     seq, sent_ns, batches, counters = msgpack.unpackb(
         payload, ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=True
     )
+    if not (type(batches) is list and type(counters) is dict and type(sent_ns) is int):
+        raise ValueError("not a pipe message: (seq, sent_ns, [[op, ...], ...], {counters})")
     return Forward(seq, sent_ns, batches, counters)
 
 

@@ -8,9 +8,9 @@ value conversion, attribute checks). It asserts only that
   ``malformed`` refusal of the whole message;
 * every decoded update and every refusal is well-formed, and each item of a batch is
   accounted for exactly once;
-* every accepted op is a well-formed 5-tuple ``(op, full_name, value, ts_ns, meta)``
-  whose value has the stored form of the PV its name describes, and which the internal
-  pipe can carry (`relayd.pipe` round trip).
+* every accepted op is a well-formed `PipeOp` ``(op, name, value, ts_ns, meta)`` whose
+  value has the stored form of the PV its name describes, and which the internal pipe
+  can carry (`relayd.supervise.pipe` round trip).
 
 Any other exception, or a failed assertion, is a finding.
 """
@@ -25,7 +25,8 @@ from relayd.core import protocol
 from relayd.core.errors import Reason, Refused
 from relayd.core.meta import META_KEYS
 from relayd.core.names import Grammar, Kind, NameLimits
-from relayd.supervise.pipe import DELETE, META, PUT, Forward, decode_forward, encode_forward
+from relayd.core.ops import Op, PipeOp
+from relayd.supervise.pipe import Forward, decode_forward, encode_forward
 from workers.ingest.validate import Ingest
 
 PREFIX = "fz"
@@ -86,22 +87,22 @@ def check_handle(data: bytes) -> None:
     if ops:  # what was accepted can travel through the internal pipe to the CA process
         forward = decode_forward(encode_forward(Forward(1, 2, [ops], counters)))
         assert len(forward.batches[0]) == len(ops)
+        assert [item[:2] for item in forward.batches[0]] == [[op.op, op.name] for op in ops]
 
 
 def check_op(op: object) -> None:
-    assert type(op) is tuple and len(op) == 5, op
+    assert type(op) is PipeOp and type(op.op) is Op, op
     code, name, value, ts_ns, meta = op
-    assert code in (PUT, DELETE, META)
     assert type(name) is str
     spec = GRAMMAR.parse(name)
     assert spec is not None and spec.name == name, name
     assert len(name) <= LIMITS.max_name_length and spec.count <= LIMITS.max_elements
     if meta is not None:
         assert isinstance(meta, dict) and set(meta) <= META_KEYS, meta
-    if code == DELETE:
+    if code is Op.DELETE:
         assert value is None and ts_ns == 0 and meta is None
         return
-    if code == META:
+    if code is Op.META:
         assert value is None and ts_ns == 0 and isinstance(meta, dict)
         return
     assert type(ts_ns) is int and ts_ns > 0

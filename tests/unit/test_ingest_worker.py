@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from relayd.core.errors import Reason
 from relayd.core.names import Grammar, NameLimits
-from relayd.supervise.pipe import DELETE, META, PUT, Forward, decode_forward, encode_forward
+from relayd.core.ops import Op, PipeOp
+from relayd.supervise.pipe import Forward, decode_forward, encode_forward
 from relayd.core.protocol import dumps, encode_update
 from relayd.core.stats import Stats
 from relayd.core.values import convert
@@ -72,13 +73,14 @@ def test_accepted_update_becomes_put_op(name: str, raw: object) -> None:
     message = dumps(encode_update(name, raw, ts=TS))
     ops = ingest.handle(message, ARRIVAL)
     assert len(ops) == 1
-    op, full, stored, ts_ns, meta = ops[0]
-    assert (op, full, ts_ns, meta) == (PUT, f"{PREFIX}:{name}", 1_700_000_000_123_456_000, None)
+    op = ops[0]
+    assert type(op) is PipeOp and op.op is Op.PUT
+    assert (op.name, op.ts_ns, op.meta) == (f"{PREFIX}:{name}", 1_700_000_000_123_456_000, None)
     # The value is what convert makes of the value as it came off the wire.
     decoded_raw = msgpack.unpackb(message, raw=False)["value"]
     if isinstance(decoded_raw, dict):
         decoded_raw = np.frombuffer(decoded_raw["data"], dtype=decoded_raw["dtype"])
-    assert same(stored, expected_value(name, decoded_raw)), (stored, raw)
+    assert same(op.value, expected_value(name, decoded_raw)), (op.value, raw)
 
 
 def test_conversions_spelled_out() -> None:
@@ -88,7 +90,7 @@ def test_conversions_spelled_out() -> None:
         ("f_f3", [1, 2]), ("g_i2", [1.5, -1.5]),
     ]]
     ops = ingest.handle(dumps(batch), ARRIVAL)
-    values = [op[2] for op in ops]
+    values = [op.value for op in ops]
     assert values[:5] == [2, -2, b"text", "é".encode(), 4.0]
     assert [type(v) for v in values[:5]] == [int, int, bytes, bytes, float]
     assert values[5].dtype == np.float64 and values[5].tolist() == [1.0, 2.0]
@@ -110,12 +112,12 @@ def test_ops_travel_through_the_pipe() -> None:
 @pytest.mark.parametrize("name", ["x_f1", f"{PREFIX}:x_f1"])
 def test_names_with_and_without_prefix_qualify(name: str) -> None:
     ops = make().handle(dumps(encode_update(name, 1.0)), ARRIVAL)
-    assert ops == [(PUT, f"{PREFIX}:x_f1", 1.0, ARRIVAL, None)]
+    assert ops == [PipeOp(Op.PUT, f"{PREFIX}:x_f1", 1.0, ARRIVAL, None)]
 
 
 def test_name_with_colons_is_qualified_under_our_prefix() -> None:
     ops = make().handle(dumps(encode_update("other:x_f1", 1.0)), ARRIVAL)
-    assert ops == [(PUT, f"{PREFIX}:other:x_f1", 1.0, ARRIVAL, None)]
+    assert ops == [PipeOp(Op.PUT, f"{PREFIX}:other:x_f1", 1.0, ARRIVAL, None)]
 
 
 @pytest.mark.parametrize("ts, ts_ns", [
@@ -144,9 +146,9 @@ def test_delete_ops() -> None:
     batch = [encode_update("x_f1", op="delete"), encode_update(f"{PREFIX}:y_C10", op="delete"),
              {"pv": "z_i1", "op": "delete", "ts": TS}]
     assert ingest.handle(dumps(batch), ARRIVAL) == [
-        (DELETE, f"{PREFIX}:x_f1", None, 0, None),
-        (DELETE, f"{PREFIX}:y_C10", None, 0, None),
-        (DELETE, f"{PREFIX}:z_i1", None, 0, None),
+        PipeOp(Op.DELETE, f"{PREFIX}:x_f1", None, 0, None),
+        PipeOp(Op.DELETE, f"{PREFIX}:y_C10", None, 0, None),
+        PipeOp(Op.DELETE, f"{PREFIX}:z_i1", None, 0, None),
     ]
 
 
@@ -165,21 +167,21 @@ def test_counters_of_good_messages() -> None:
 def test_meta_with_a_value_is_checked_and_travels_with_the_put() -> None:
     ops = make().handle(dumps(encode_update("x_f1", 1.5, ts=TS, meta={
         "egu": "K", "hihi": 300, "hhsv": "invalid", "low": None, "prec": 2.0})), ARRIVAL)
-    assert ops == [(PUT, f"{PREFIX}:x_f1", 1.5, 1_700_000_000_123_456_000,
+    assert ops == [PipeOp(Op.PUT, f"{PREFIX}:x_f1", 1.5, 1_700_000_000_123_456_000,
                     {"egu": "K", "hihi": 300.0, "hhsv": 3, "low": None, "prec": 2})]
 
 
 def test_meta_alone_is_a_meta_op() -> None:
     ops = make().handle(dumps(encode_update("x_f1", meta={"egu": "K", "tmo": 5}, ts=TS)),
                         ARRIVAL)
-    assert ops == [(META, f"{PREFIX}:x_f1", None, 0, {"egu": "K", "tmo": 5.0})]
+    assert ops == [PipeOp(Op.META, f"{PREFIX}:x_f1", None, 0, {"egu": "K", "tmo": 5.0})]
 
 
 def test_meta_names_are_checked_like_any_name() -> None:
     ingest = make()
     batch = [encode_update("nope", meta={"egu": "K"}), encode_update("x_f9999", meta={}),
              encode_update(f"{PREFIX}:y_i1", meta={"hopr": 1})]
-    assert ingest.handle(dumps(batch), ARRIVAL) == [(META, f"{PREFIX}:y_i1", None, 0,
+    assert ingest.handle(dumps(batch), ARRIVAL) == [PipeOp(Op.META, f"{PREFIX}:y_i1", None, 0,
                                                      {"hopr": 1.0})]
     assert ingest.take_counters()["refused"] == {"badName": 1, "countLimit": 1}
 
@@ -215,8 +217,8 @@ def test_refused_meta_in_a_batch_keeps_the_rest() -> None:
              encode_update("c_f1", meta={"unit": "V"}),
              encode_update("d_f1", 4.0)]
     ops = ingest.handle(dumps(batch), ARRIVAL)
-    assert ops == [(PUT, f"{PREFIX}:a_f1", 1.0, ARRIVAL, {"egu": "V"}),
-                   (PUT, f"{PREFIX}:d_f1", 4.0, ARRIVAL, None)]
+    assert ops == [PipeOp(Op.PUT, f"{PREFIX}:a_f1", 1.0, ARRIVAL, {"egu": "V"}),
+                   PipeOp(Op.PUT, f"{PREFIX}:d_f1", 4.0, ARRIVAL, None)]
     counters = ingest.take_counters()
     assert counters["refused"] == {"badValue": 2}
     assert counters["last_refusal"].startswith("ZMQ update: badValue: update #2: ")
@@ -294,9 +296,9 @@ def test_one_bad_update_keeps_the_good_ones() -> None:
              {"pv": "b_f1", "value": 3.0, "bogus": 1}, encode_update("c_i1", 4.7),
              encode_update("d_f2", [1, 2, 3]), encode_update("e_f1", op="delete")]
     assert ingest.handle(dumps(batch), ARRIVAL) == [
-        (PUT, f"{PREFIX}:a_f1", 1.0, ARRIVAL, None),
-        (PUT, f"{PREFIX}:c_i1", 4, ARRIVAL, None),
-        (DELETE, f"{PREFIX}:e_f1", None, 0, None),
+        PipeOp(Op.PUT, f"{PREFIX}:a_f1", 1.0, ARRIVAL, None),
+        PipeOp(Op.PUT, f"{PREFIX}:c_i1", 4, ARRIVAL, None),
+        PipeOp(Op.DELETE, f"{PREFIX}:e_f1", None, 0, None),
     ]
     counters = ingest.take_counters()
     assert counters["messages"] == 1 and counters["updates"] == 6
@@ -442,7 +444,7 @@ def test_name_cache_changes_nothing() -> None:
     for _ in range(3):
         ops = ingest.handle(dumps([encode_update(n, 1) for n in names]), ARRIVAL)
         assert [op[1] for op in ops] == [f"{PREFIX}:{n.split(':')[-1]}" for n in names]
-        assert [op[2] for op in ops] == [1.0, 1.0, 1, 1.0, 1.0, 1]
+        assert [op.value for op in ops] == [1.0, 1.0, 1, 1.0, 1.0, 1]
     for _ in range(3):  # refused names are refused every time
         assert ingest.handle(dumps(encode_update("nope", 1)), ARRIVAL) == []
         assert ingest.handle(dumps(encode_update("x_f9999", 1)), ARRIVAL) == []

@@ -169,11 +169,23 @@ def test_put_spec_and_apply() -> None:
     pv, changed = relay.put_spec(spec, [1.9, -1.9], 7)
     assert changed is True
     assert pv.state.served().tolist() == [1, -1]
-    pv2, changed = relay.apply(spec, np.array([5, 6], dtype=np.int32), 8)
-    assert pv2 is pv
+    changed = relay.apply(pv, np.array([5, 6], dtype=np.int32), 8)
     assert changed is False
     assert pv.state.served().tolist() == [5, 6]
     assert relay.stats.accepted == 2
+
+
+def test_ensure_makes_the_pv_of_a_full_name_once() -> None:
+    relay = make(max_pvs=1)
+    pv = relay.ensure("P:s_f1")
+    assert relay.ensure("P:s_f1") is pv
+    assert relay.registry.pvs == {"P:s_f1": pv}
+    assert pv.state.defined is False  # the value comes with `apply`
+    assert relay.stats.accepted == 0
+    for name, reason in [("P:t_f1", Reason.PV_LIMIT), ("s_f1", Reason.BAD_NAME),
+                         ("Q:s_f1", Reason.BAD_NAME), ("P:s_q1", Reason.BAD_NAME)]:
+        assert refusal(relay.ensure, name).reason is reason
+    assert list(relay.registry.pvs) == ["P:s_f1"]
 
 
 # --- attributes ---------------------------------------------------------------------------
@@ -181,12 +193,12 @@ def test_put_spec_and_apply() -> None:
 
 def test_apply_sets_attributes_before_judging_the_value() -> None:
     relay = make()
-    spec = relay.grammar.spec_for("x_f1")
-    pv, alarm_changed = relay.apply(spec, 25.0, 10, 0.0, {"hihi": 20.0, "egu": "mm"})
+    pv = relay.ensure("P:x_f1")
+    alarm_changed = relay.apply(pv, 25.0, 10, 0.0, {"hihi": 20.0, "egu": "mm"})
     assert alarm_changed is True
     assert (pv.state.status, pv.state.severity) == (menus.STAT_HIHI, menus.MAJOR)
     assert pv.state.meta == Meta(hihi=20.0, egu="mm")
-    pv, alarm_changed = relay.apply(spec, 26.0, 11, 0.0, {})
+    alarm_changed = relay.apply(pv, 26.0, 11, 0.0, {})
     assert alarm_changed is False
     assert pv.state.meta == Meta(hihi=20.0, egu="mm")   # an empty map changes nothing
     assert relay.stats.accepted == 2
@@ -195,7 +207,8 @@ def test_apply_sets_attributes_before_judging_the_value() -> None:
 def test_apply_with_attributes_starts_from_the_relays_defaults() -> None:
     grammar = Grammar("P", NameLimits(max_name_length=64, max_elements=100))
     relay = Relay(grammar, Registry(grammar, Holder, default_meta=Meta(tmo=5.0)))
-    pv, _ = relay.apply(grammar.spec_for("x_f1"), 1.0, 1, 0.0, {"egu": "V"})
+    pv = relay.ensure("P:x_f1")
+    relay.apply(pv, 1.0, 1, 0.0, {"egu": "V"})
     assert pv.state.meta == Meta(tmo=5.0, egu="V")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from relayd.core.errors import Reason, Refused
-from relayd.core.names import Grammar, NameLimits
+from relayd.core.names import Grammar, Kind, NameLimits
 from relayd.core.registry import Registry
 from relayd.core.writes import Relay
 from relayd.core.status import STATUS_PVS
@@ -70,3 +70,20 @@ def test_status_values_compute_from_the_relay() -> None:
     assert by_suffix["status:refused:badValue"].compute(relay, 0.0) == 1.0
     assert by_suffix["status:refused:badName"].compute(relay, 0.0) == 0.0
     assert by_suffix["status:lastRefusal"].compute(relay, 0.0) == b"zmq: badValue: relay:a_f1: nope"
+
+
+def test_pipe_status_pvs() -> None:
+    """The internal pipe's figures, as the CA process measures them, are status PVs."""
+    grammar = Grammar("relay")
+    relay = Relay(grammar, Registry(grammar, Holder))
+    by_suffix = {status.suffix: status for status in STATUS_PVS}
+    dropped = by_suffix["status:pipe:dropped"]
+    assert (dropped.kind, dropped.count) == (Kind.FLOAT, 1)
+    assert dropped.compute(relay, 0.0) == 0.0
+    relay.stats.pipe_dropped = 7
+    relay.stats.pipe_backlog = 1234
+    relay.stats.pipe_lag = 0.0025
+    values = {suffix: by_suffix[f"status:pipe:{suffix}"].compute(relay, 0.0)
+              for suffix in ("dropped", "backlog", "lag")}
+    assert values == {"dropped": 7.0, "backlog": 1234.0, "lag": 0.0025}
+    assert all(type(value) is float for value in values.values())

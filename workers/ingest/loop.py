@@ -18,8 +18,9 @@ from typing import Callable
 import zmq
 
 from relayd.config import Config
-from relayd.core.errors import BootError, Reason, Refused
+from relayd.core.errors import BootError
 from relayd.core.names import Grammar
+from relayd.core.ops import PipeOp
 from relayd.supervise.child import ChildEnv
 from relayd.supervise.lifeline import Lifeline
 from relayd.supervise.pipe import Forward, PipeWriter, encode_forward
@@ -118,7 +119,7 @@ def run(env: ChildEnv) -> None:
     log.info("ingest worker stopped")
 
 
-def gather(sock: zmq.Socket, ingest: Ingest) -> list[list[tuple]]:
+def gather(sock: zmq.Socket, ingest: Ingest) -> list[list[PipeOp]]:
     """Every message waiting (up to a bound), as batches of accepted ops."""
     batches = []
     size = updates = 0
@@ -132,8 +133,7 @@ def gather(sock: zmq.Socket, ingest: Ingest) -> list[list[tuple]]:
         try:
             ops = ingest.handle(data, time.time_ns())
         except Exception:  # a bug, not the client's fault: keep serving
-            log.exception("internal error handling a ZMQ message")
-            ingest.refuse(Refused(Reason.INTERNAL, "message dropped"), "ZMQ update")
+            ingest.internal_error()
             continue
         if ops:
             batches.append(ops)

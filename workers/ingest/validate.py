@@ -18,12 +18,15 @@ from relayd.core import protocol
 from relayd.core.errors import Reason, Refused
 from relayd.core.meta import check_changes
 from relayd.core.names import Grammar, PVSpec
+from relayd.core.ops import Op, PipeOp
 from relayd.core.protocol import NO_VALUE
 from relayd.core.values import converter
 from relayd.logs import RateLimitedLog
-from relayd.supervise.pipe import DELETE, META, PUT
 
 log = logging.getLogger("relayd.ingest")
+
+# Enum members are slow to look up in Python 3.11 (~60 ns each): `_op` uses these.
+_PUT, _DELETE, _META = Op.PUT, Op.DELETE, Op.META
 
 
 class Ingest:
@@ -41,14 +44,27 @@ class Ingest:
         self._refused: Counter[str] = Counter()
         self._last_refusal = ""
         self._log = RateLimitedLog(log)
+        # Tracebacks of bugs: a message that triggers one must not flood the log.
+        self._errors = RateLimitedLog(log, burst=3, period=60.0)
 
     def refuse(self, refused: Refused, source: str) -> None:
         self._refused[refused.reason.code] += 1
         self._last_refusal = f"{source}: {refused}"
         self._log.warning(refused.reason, "refused %s", self._last_refusal)
 
-    def handle(self, message: bytes, arrival_ns: int, source: str = "ZMQ update") -> list[tuple]:
-        """The accepted updates of one message, as pipe ops (see `relayd.supervise.pipe.Forward`)."""
+    def internal_error(self, source: str = "ZMQ update") -> None:
+        """A message was dropped because handling it raised: a bug, not the sender's fault.
+
+        Call it in the ``except`` clause: the traceback is logged (rate-limited) and the
+        message counted as an ``internal`` refusal.
+        """
+        self._errors.log(logging.ERROR, "internal",
+                         "internal error handling a ZMQ message; it was dropped", exc_info=True)
+        self.refuse(Refused(Reason.INTERNAL, "message dropped"), source)
+
+    def handle(self, message: bytes, arrival_ns: int, source: str = "ZMQ update"
+               ) -> list[PipeOp]:
+        """The accepted updates of one message, as pipe ops, in message order."""
         self._messages += 1
         try:
             decoded = protocol.decode(message)
@@ -70,7 +86,7 @@ class Ingest:
             self.refuse(refused, source)
         return ops
 
-    def _op(self, update: protocol.Update, arrival_ns: int) -> tuple:
+    def _op(self, update: protocol.Update, arrival_ns: int) -> PipeOp:
         known = self._names.get(update.pv)
         if known is None:
             spec = self.grammar.spec_for(update.pv)
@@ -79,13 +95,13 @@ class Ingest:
             known = self._names[update.pv] = (spec, converter(spec))
         spec, convert = known
         if update.op == "delete":
-            return (DELETE, spec.name, None, 0, None)
+            return PipeOp(_DELETE, spec.name, None, 0, None)
         meta = check_changes(update.meta, spec.name) if update.meta is not None else None
         if update.value is NO_VALUE:
-            return (META, spec.name, None, 0, meta)
+            return PipeOp(_META, spec.name, None, 0, meta)
         stored = convert(spec, update.value)
         ts_ns = arrival_ns if update.ts is None else round(update.ts * 1_000_000) * 1000
-        return (PUT, spec.name, stored, ts_ns, meta)
+        return PipeOp(_PUT, spec.name, stored, ts_ns, meta)
 
     def note_denials(self, total: int, last: str) -> None:
         """Count connections the authenticator refused since the last call (of `total`)."""
