@@ -41,7 +41,7 @@ FILE_SUFFIXES = {"toml", "conf", "log", "sqlite", "json", "md", "key", "acf", "l
 
 FENCE = re.compile(r"^ {0,3}```.*?^ {0,3}```[^\n]*$", re.M | re.S)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
-LINK = re.compile(r"\[[^\]\n]*\]\(([^)\s]+)\)")
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")  # its text may run over lines
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$", re.M)
 EXPLICIT_ANCHOR = re.compile(r"<a\s+(?:id|name)=\"([^\"]+)\"")
 MODULE_PATH = re.compile(r"(?<![\w./~-])(?:relayd|workers)/(?:\w+/)*\w+\.py\b")
@@ -109,10 +109,12 @@ def test_the_link_check_catches_broken_links(tmp_path) -> None:
     text = ("# Title\n\n## Twice\n\n## Twice\n\n"
             "[ok](other.md) [ok](other.md#a-code-section-with-commas) [ok](#twice-1)\n"
             "[ok](#title) [ok](https://example.org/x#y) `[not a link](nowhere.md)`\n"
+            "[a link over\ntwo lines](#nope-either)\n"
             "```\n[not a link](nowhere.md)\n```\n"
             "[bad](missing.md) [bad](other.md#nope) [bad](#twice-2)\n")
     page.write_text(text)
     assert link_problems(page, text) == [
+        "page.md: link to #nope-either: no such anchor",
         "page.md: link to missing.md: no such file",
         "page.md: link to other.md#nope: no such anchor",
         "page.md: link to #twice-2: no such anchor",
