@@ -37,20 +37,24 @@ class Reason(enum.Enum):
         return _DESCRIPTIONS[self]
 
 
+# What each reason means, as "refusals because ...": the status PVs' docs and the table of
+# them in docs/OPERATIONS.md (tests/unit/test_docs.py keeps the two in step).
 _DESCRIPTIONS = {
     Reason.BAD_NAME: "the name is not <prefix>:<name>_<dtype><count>",
     Reason.NAME_TOO_LONG: "the name is longer than --max-name-length",
     Reason.COUNT_LIMIT: "the name asks for more elements than --max-elements",
     Reason.PV_LIMIT: "the relay already holds --max-pvs PVs",
     Reason.PLACEHOLDER_LIMIT: "--max-placeholders names are already watched before creation",
-    Reason.BAD_VALUE: "the value has the wrong type or cannot be converted",
+    Reason.BAD_VALUE: "the value, or an attribute, has the wrong type or cannot be converted",
     Reason.TOO_MANY_ELEMENTS: "the value has more elements than the PV's count",
-    Reason.NO_SUCH_PV: "delete of a name that holds no PV, or put to a deleted PV",
-    Reason.READ_ONLY: "put to a read-only status PV",
-    Reason.MALFORMED: "a message that does not decode",
-    Reason.AUTH_DENIED: "a ZMQ connection was refused: unknown key or address not allowed",
+    Reason.NO_SUCH_PV: "the name holds no PV (a delete, a put to a deleted PV, attributes alone, "
+                       "or a search for one of its fields)",
+    Reason.READ_ONLY: "the target is read-only (a put to a status PV or to a read-only field)",
+    Reason.MALFORMED: "a message does not decode",
+    Reason.AUTH_DENIED: "a ZMQ connection was refused (an unknown CURVE key, or an address not "
+                        "in --zmq-allow)",
     Reason.BYTES_LIMIT: "the PVs would hold more than --max-total-bytes",
-    Reason.INTERNAL: "an internal error in relayd (logged with a traceback)",
+    Reason.INTERNAL: "relayd hit an internal error (logged with a traceback)",
 }
 
 

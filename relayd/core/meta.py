@@ -8,7 +8,7 @@ attributes of an EPICS record, readable and writable as record-style fields
 how a written value is checked. Everything that handles fields (the CA field PVs, the
 ZMQ ``meta`` map, autosave) goes through it.
 
-Choices, documented in the README:
+Choices, documented in docs/ATTRIBUTES.md:
 
 * Alarm limits are disabled until set (a new PV raises no alarm whatever its value).
   Their severities default to MAJOR/MINOR/MINOR/MAJOR, as in pcaspy, so setting a limit
