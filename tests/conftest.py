@@ -53,6 +53,9 @@ def caproto_client() -> Iterator[CaprotoClient]:
     client = CaprotoClient()
     yield client
     client.context.disconnect()
+    # The context leaves its broadcaster (UDP search socket and retry thread) running: a
+    # retry after the socket closed raised in a thread during whichever test ran next.
+    client.context.broadcaster.disconnect()
 
 
 @pytest.fixture(params=["pyepics", "caproto"])

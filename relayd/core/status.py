@@ -1,8 +1,8 @@
 """The status PVs: their names, types, meaning, and how each value is computed. Pure.
 
 Status and control PV names never end in ``_<dtype><count>``, so they can never collide
-with a relay PV (the tests check this for every name here). The README's table of
-status PVs is written from this list; keep the two in step.
+with a relay PV (the tests check this for every name here). The table of status PVs in
+docs/OPERATIONS.md follows this list; tests/unit/test_docs.py checks that the two agree.
 """
 
 from __future__ import annotations
