@@ -43,12 +43,17 @@ def _check_key(path: str, which: str, key: bytes) -> bytes:
     return key
 
 
-def load_public_key(path: str) -> bytes:
-    """The public key in a certificate file (``.key`` or ``.key_secret``); ValueError if none."""
+def _read_certificate(path: str) -> tuple[bytes | None, bytes | None]:
+    """(public, secret) as pyzmq reads a certificate file; ValueError naming the file."""
     try:
-        public, _ = zmq.auth.load_certificate(path)
+        return zmq.auth.load_certificate(path)
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read CURVE key {path}: {error}") from None
+
+
+def load_public_key(path: str) -> bytes:
+    """The public key in a certificate file (``.key`` or ``.key_secret``); ValueError if none."""
+    public, _ = _read_certificate(path)
     if not public:
         raise ValueError(f"{path} holds no public key")
     return _check_key(path, "public", public)
@@ -56,10 +61,7 @@ def load_public_key(path: str) -> bytes:
 
 def load_secret_key(path: str) -> tuple[bytes, bytes]:
     """(public, secret) from a ``.key_secret`` file; ValueError if it has no secret key."""
-    try:
-        public, secret = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read CURVE key {path}: {error}") from None
+    public, secret = _read_certificate(path)
     if not secret:
         raise ValueError(f"{path} holds no secret key (give the .key_secret file)")
     return _check_key(path, "public", public), _check_key(path, "secret", secret)
