@@ -34,7 +34,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 SUBNET = "198.18.0"  # hosts are SUBNET.11, SUBNET.12, ...; the broadcast address is .255
 BROADCAST = f"{SUBNET}.255"
@@ -75,10 +75,11 @@ def ip(*args: str) -> str:
     return done.stdout
 
 
-def lab_environment(**extra: str) -> dict[str, str]:
-    """The environment for a process on a lab host: this one's, without the EPICS
-    settings that pin CA to loopback, plus `extra`."""
-    env = {key: value for key, value in os.environ.items()
+def lab_environment(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """The environment for a process on a lab host: `base` (this process's by default)
+    without the EPICS settings that pin CA to loopback, plus `extra`."""
+    base = os.environ if base is None else base
+    env = {key: value for key, value in base.items()
            if not key.startswith("EPICS_") or key in KEEP_EPICS}
     env.update(extra)
     return env
