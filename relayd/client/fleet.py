@@ -101,7 +101,30 @@ def check_routes(routes: Mapping[str, str | Client]) -> None:
         seen[endpoint] = prefix
 
 
-class Fleet:
+class Routed:
+    """`put`, `set_meta` and `delete` of one name, each handed to what `_target` picks for
+    the name: a relay's `Client` (a `Fleet`: sent now) or a relay's part of a batch (a
+    `FleetBatch`: sent when the batch ends). Both take the same calls, with the same
+    checks at the line that makes them."""
+
+    def _target(self, pv: str) -> Client | Batch:
+        raise NotImplementedError
+
+    def put(self, pv: str, value: object, *, ts: float | None = None,
+            meta: dict | None = None) -> None:
+        """Put `value` (and attributes `meta`) to the full name `pv` (see `Client.put`)."""
+        self._target(pv).put(pv, value, ts=ts, meta=meta)
+
+    def set_meta(self, pv: str, **meta: object) -> None:
+        """Set attributes of the existing PV `pv` (see `Client.set_meta`)."""
+        self._target(pv).set_meta(pv, **meta)
+
+    def delete(self, pv: str) -> None:
+        """Delete the PV `pv` from its relay."""
+        self._target(pv).delete(pv)
+
+
+class Fleet(Routed):
     """Pushes updates to several relays, each update to the relay of its name's prefix.
 
     `routes` maps each relay's prefix to its ZMQ endpoint (its ``--zmq-bind``) or to a
@@ -145,18 +168,7 @@ class Fleet:
         """The client of the relay that serves `name` (`UnknownPrefix` if none does)."""
         return self._clients[self.prefix_of(name)]
 
-    def put(self, pv: str, value: object, *, ts: float | None = None,
-            meta: dict | None = None) -> None:
-        """Put `value` to the full name `pv`, on its relay (see `Client.put`)."""
-        self.client_for(pv).put(pv, value, ts=ts, meta=meta)
-
-    def set_meta(self, pv: str, **meta: object) -> None:
-        """Set attributes of the existing PV `pv`, on its relay (see `Client.set_meta`)."""
-        self.client_for(pv).set_meta(pv, **meta)
-
-    def delete(self, pv: str) -> None:
-        """Delete the PV `pv` from its relay."""
-        self.client_for(pv).delete(pv)
+    _target = client_for
 
     def put_many(self, updates: Mapping[str, object] | Iterable[tuple[str, object]]) -> None:
         """Put several values: a mapping {pv: value} or (pv, value) pairs, one message per
@@ -205,7 +217,7 @@ class Fleet:
             raise FleetSendError(sent, failed)
 
 
-class FleetBatch:
+class FleetBatch(Routed):
     """Updates collected in a ``with`` block and sent when it ends, ONE message per relay.
 
     Each `put`/`set_meta`/`delete` routes its name and checks its update at once, so a
@@ -215,19 +227,6 @@ class FleetBatch:
     def __init__(self, fleet: Fleet):
         self._fleet = fleet
         self._parts: dict[str, Batch] = {}
-
-    def put(self, pv: str, value: object, *, ts: float | None = None,
-            meta: dict | None = None) -> None:
-        """Add a put of `value` (and attributes `meta`) to `pv` to its relay's part."""
-        self._part(pv).put(pv, value, ts=ts, meta=meta)
-
-    def set_meta(self, pv: str, **meta: object) -> None:
-        """Add attribute changes for `pv` to its relay's part."""
-        self._part(pv).set_meta(pv, **meta)
-
-    def delete(self, pv: str) -> None:
-        """Add a delete of `pv` to its relay's part."""
-        self._part(pv).delete(pv)
 
     def __len__(self) -> int:
         return sum(len(part) for part in self._parts.values())
@@ -240,7 +239,7 @@ class FleetBatch:
         if exc_type is None:
             self._fleet._send_parts(parts)
 
-    def _part(self, pv: str) -> Batch:
+    def _target(self, pv: str) -> Batch:
         prefix = self._fleet.prefix_of(pv)
         part = self._parts.get(prefix)
         if part is None:
