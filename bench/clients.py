@@ -92,12 +92,14 @@ class Clients:
 
     def pusher(self, endpoint: str, full_pattern: str, n: int, *, updates: int = 0,
                batch: int = 1, rate: float = 0, duration: float = 0, value: str = "seq",
-               first_value: float = 1, count: int = 1, start_index: int = 0) -> Proc:
-        """Start a pusher process (bench/pusher.py); it prints SENDING, then its result."""
+               first_value: float = 1, count: int = 1, start_index: int = 0,
+               start_at: float = 0.0) -> Proc:
+        """Start a pusher process (bench/pusher.py); it prints SENDING, then its result.
+        With `start_at` (a time.time()) it sends nothing before then."""
         args = [PYTHON, str(PUSHER), "--endpoint", endpoint, "--pattern", full_pattern,
                 "--n", str(n), "--updates", str(updates), "--batch", str(batch),
                 "--rate", str(rate), "--duration", str(duration), "--value", value,
                 "--first-value", str(first_value), "--count", str(count),
-                "--start-index", str(start_index)]
+                "--start-index", str(start_index), "--start-at", repr(start_at)]
         env = self.epics.client_env(0)
         return self.procs.start("pusher", args, env)

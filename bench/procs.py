@@ -349,8 +349,10 @@ class Relay(Server):
 
     @classmethod
     def start(cls, procs: Procs, epics: Epics, prefix: str, args: Sequence[str] = (),
-              ready_timeout: float = 30.0) -> "Relay":
+              ready_timeout: float = 30.0, address: str = "127.0.0.1") -> "Relay":
         """Start relayd with its defaults plus `args`, and wait until it is ready.
+
+        Its ingest binds `address` (another than loopback needs ``--insecure`` in `args`).
 
         relayd saves every PV to SQLite by default (autosave). Its state directory
         (XDG_STATE_HOME) is the bench's work directory, so the autosave files of the
@@ -358,7 +360,7 @@ class Relay(Server):
         relay started again with the same prefix finds its file there.
         """
         port = free_port()
-        endpoint = f"tcp://127.0.0.1:{free_port((socket.SOCK_STREAM,))}"
+        endpoint = f"tcp://{address}:{free_port((socket.SOCK_STREAM,))}"
         command = [PYTHON, "-m", "relayd", "--prefix", prefix, "--zmq-bind", endpoint, *args]
         env = epics.server_env(port, XDG_STATE_HOME=str(procs.workdir / "state"))
         started = time.monotonic()

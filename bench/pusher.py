@@ -16,6 +16,8 @@ same bytes.
   value of each PV is known; ``time`` sends time.time() at the moment of sending (the
   latency scenarios: the C monitor subtracts it from the arrival time).
 * ``--count C`` > 1 sends packed float64 arrays of C elements, element 0 the value.
+* ``--start-at T`` waits, once ready to send, until the wall clock reads T (time.time()),
+  so that several pushers start together (the fleet scenario).
 * ``--rate`` paces messages; ``--duration`` repeats the pre-encoded messages until that
   many seconds have passed (a steady load; unpaced, what is still queued at the end is
   dropped, and "updates" counts what was handed to ZeroMQ).
@@ -118,6 +120,7 @@ def main() -> int:
     parser.add_argument("--first-value", type=float, default=1.0)
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--hwm", type=int, default=1000)
+    parser.add_argument("--start-at", type=float, default=0.0, help="time.time() to start at")
     args = parser.parse_args()
 
     names = [args.pattern % (args.start_index + i) for i in range(args.n)]
@@ -147,6 +150,8 @@ def main() -> int:
     steady_load = args.duration > 0 and args.rate <= 0
     sock.setsockopt(zmq.LINGER, 0 if steady_load else -1)
     sock.connect(args.endpoint)
+    if args.start_at:
+        time.sleep(max(0.0, args.start_at - time.time()))
 
     interval = args.batch / args.rate if args.rate > 0 else 0.0
     messages = updates = 0

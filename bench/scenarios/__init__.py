@@ -16,6 +16,7 @@ from bench.scenarios.autosave import autosave
 from bench.scenarios.ca_puts import ca_puts
 from bench.scenarios.caget_under_load import caget_under_load
 from bench.scenarios.conflation import conflation
+from bench.scenarios.fleet import fleet
 from bench.scenarios.latency import latency
 from bench.scenarios.scale import scale
 from bench.scenarios.soak import soak
@@ -41,6 +42,8 @@ SCENARIOS = (
     Scenario("caget_under_load", caget_under_load, summary="CA read latency during heavy ingest"),
     Scenario("soak", soak, quick=False, summary="50k updates/s for --soak-minutes, RSS growth"),
     Scenario("autosave", autosave, summary="autosave cost and restore time (skipped without autosave)"),
+    Scenario("fleet", fleet, quick=False,
+             summary="1, 2, 3 relays on hosts of their own (netns): aggregate updates/s, CPU"),
 )
 
 BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
