@@ -6,6 +6,8 @@ publish::
     from relayd.client import Client
 """
 
+from relayd.client.fleet import Fleet, FleetBatch, FleetSendError, UnknownPrefix
 from relayd.client.push import Batch, Client, RelayError, RelayUnreachable
 
-__all__ = ["Batch", "Client", "RelayError", "RelayUnreachable"]
+__all__ = ["Batch", "Client", "Fleet", "FleetBatch", "FleetSendError", "RelayError",
+           "RelayUnreachable", "UnknownPrefix"]
