@@ -44,9 +44,12 @@ def _check_key(path: str, which: str, key: bytes) -> bytes:
 
 
 def _read_certificate(path: str) -> tuple[bytes | None, bytes | None]:
-    """(public, secret) as pyzmq reads a certificate file; ValueError naming the file."""
+    """(public, secret) as pyzmq reads a certificate file; ValueError naming the file.
+
+    ``~`` is expanded, as a shell would: key paths come from scripts and config files.
+    """
     try:
-        return zmq.auth.load_certificate(path)
+        return zmq.auth.load_certificate(os.path.expanduser(path))
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read CURVE key {path}: {error}") from None
 
@@ -74,7 +77,7 @@ def load_authorized_keys(folder: str) -> tuple[frozenset[bytes], list[str]]:
     on the whole folder at the first bad file), nor stop a relay that is running: it is
     skipped, and the caller logs why. NotADirectoryError if `folder` is not a folder.
     """
-    root = Path(folder)
+    root = Path(folder).expanduser()
     if not root.is_dir():
         raise NotADirectoryError(f"--curve-authorized-keys {folder} is not a directory")
     keys, skipped = set(), []

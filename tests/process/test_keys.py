@@ -62,3 +62,13 @@ def test_the_authorised_folder_must_be_a_folder(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert keys.load_authorized_keys(str(empty)) == (frozenset(), [])
+
+
+def test_key_paths_expand_the_home_directory(tmp_path, monkeypatch):
+    """docs/SECURITY.md writes key paths as ~/.relayd/daq1.key_secret, as a shell would."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    keys.keygen(str(tmp_path / ".relayd" / "daq1"))
+    public, secret = keys.load_secret_key("~/.relayd/daq1.key_secret")
+    assert keys.load_public_key("~/.relayd/daq1.key") == public
+    found, skipped = keys.load_authorized_keys("~/.relayd")
+    assert found == {public} and skipped == []
