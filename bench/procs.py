@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from bench.cpu import process_tree
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
@@ -337,6 +339,10 @@ class Server:
     def pv(self, base: str) -> str:
         return f"{self.prefix}:{base}"
 
+    def cpu_pids(self) -> list[int]:
+        """The processes whose CPU time is this server's (see bench/cpu.py)."""
+        return [self.proc.pid]
+
 
 @dataclass
 class Relay(Server):
@@ -387,6 +393,10 @@ class Relay(Server):
         if pid is None:
             raise RunFailure(f"relayd {self.prefix} has no child titled 'relayd: {role}'")
         return pid
+
+    def cpu_pids(self) -> list[int]:
+        """The supervisor and every process under it: all of relayd's work."""
+        return process_tree(self.proc.pid)
 
     def stop(self) -> int | None:
         """SIGTERM, as an operator would; relayd's own grace is 10 s."""

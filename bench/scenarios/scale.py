@@ -1,6 +1,7 @@
 """scale: one relay with many PVs (100,000 in full mode, 5,000 in quick mode).
 
-Per run, on a fresh relayd (``--max-pvs N + K`` so that K more can be created over CA):
+Per run, on a fresh relayd (``--max-pvs`` above N + K, so that K more can be created
+over CA; a refused creation fails the run, see `common.create_pvs`):
 
 1. N scalar PVs are created through ZMQ (batches of 1000): seconds from the first send
    until status:pvs reads N (the C get client polls it every 5 ms; status PVs are
@@ -28,7 +29,9 @@ import time
 
 from bench.procs import RunFailure, rss_bytes
 from bench.report import Figure, Target
-from bench.scenarios.common import CONNECT, PROC, PUT, Context, create_pvs, interleave
+from bench.scenarios.common import (
+    CONNECT, PROC, PUT, Context, create_pvs, interleave, max_pvs,
+)
 
 PATTERN = "scale%d_f1"
 MB = 1e6
@@ -41,11 +44,14 @@ def _settled_rss(pid: int, pause: float = 0.5) -> int:
 
 def _create_over_ca(ctx: Context, server, tag: str, k: int) -> dict:
     result = ctx.clients.put(server, f"{tag}%d_f1", k, k, mode="create").result(300)
+    if result["failures"] or result["exceptions"]:
+        raise RunFailure(f"{server.label} {server.prefix} refused {result['failures']} of {k} "
+                         f"creations over CA ({result['exceptions']} exceptions)")
     return {"create": result, "rate": result["rate"]}
 
 
 def _big(ctx: Context, n: int, k: int, rep: int) -> dict:
-    relay = ctx.relay("s", ["--max-pvs", str(n + k)])
+    relay = ctx.relay("s", max_pvs(n + k))
     try:
         ca = relay.child("ca-server")
         empty = _settled_rss(ca, 0.3)
@@ -66,7 +72,7 @@ def _big(ctx: Context, n: int, k: int, rep: int) -> dict:
 
 
 def _small(ctx: Context, n: int, k: int, rep: int) -> dict:
-    relay = ctx.relay("s", ["--max-pvs", str(n + k)])
+    relay = ctx.relay("s", max_pvs(n + k))
     try:
         create_pvs(ctx, relay, PATTERN, n // 10)
         created = _create_over_ca(ctx, relay, f"new{rep}x", k)
