@@ -144,6 +144,15 @@ class Autosaver:
             self._start()
         self._hand(SNAPSHOTS_PER_TICK)
 
+    @property
+    def handing(self) -> bool:
+        """A flush is being handed over in parts (see `tick`).
+
+        The CA loop then must not idle between cycles: at one part per idle wait
+        (IDLE, 0.2 s), 100,000 new PVs took 9 s to reach the file instead of ~2 s.
+        """
+        return self._todo is not None
+
     def flush(self) -> None:
         """Hand everything that changed to the writer thread, now."""
         if self._todo is not None:  # finish the flush in progress first

@@ -527,6 +527,29 @@ def test_a_large_flush_is_handed_over_a_few_cycles_in_creation_order(saver, path
     assert rows == [from_state(s) for s in expected]
 
 
+def test_handing_says_a_flush_is_in_parts_until_its_last_part(saver, path: Path,
+                                                                monkeypatch) -> None:
+    """What keeps the CA loop from idling between the parts of a flush."""
+    monkeypatch.setattr(writer, "SNAPSHOTS_PER_TICK", 10)
+    autosaver = saver(interval=0.05)
+    assert not autosaver.handing
+    for i in range(25):
+        autosaver.touch(state(f"pv{i}_f1", float(i)))
+    autosaver.tick(time.monotonic())            # not due yet: nothing handed
+    assert not autosaver.handing
+    time.sleep(0.06)
+    seen = []
+    for _ in range(3):                          # 10, 10, then the last 5
+        autosaver.tick(time.monotonic())
+        seen.append(autosaver.handing)
+    assert seen == [True, True, False]
+    assert autosaver.wait_idle(5)
+    assert len(reopen(path)) == 25
+    autosaver.touch(state("pv0_f1", 100.0))
+    autosaver.flush()                           # all at once: never in parts
+    assert not autosaver.handing
+
+
 def test_stop_writes_everything(saver, path: Path) -> None:
     autosaver = saver(interval=60)  # no flush on its own before stop
     states = [state(f"pv{i}_I5", [i]) for i in range(50)]
