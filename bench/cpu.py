@@ -6,10 +6,12 @@ event hardly moves: it counts work done, not time waited. It also counts what ev
 hides: relayd's ingest worker runs beside the CA process, so on two cores its cost shows
 in throughput only in part, while here every process of relayd counts.
 
-A process's CPU time is ``utime + stime`` from ``/proc/<pid>/stat`` (every thread of
-it, in clock ticks, usually 10 ms). relayd is its supervisor and every descendant;
-a baseline is its one process. Runs last seconds, so a tick is well under 1% of a
-full-size run; quick runs are a smoke test.
+A process's CPU time is the sum over its threads of the time each spent on a CPU, in
+nanoseconds (``/proc/<pid>/task/<tid>/schedstat``). ``utime + stime`` of
+``/proc/<pid>/stat`` counts the same in clock ticks (10 ms), too coarse for a quick run
+of 0.1 s of CPU; it is the fallback for a process one of whose threads exited during the
+measurement (the exited thread's time is in it, and in no schedstat file any more).
+relayd is its supervisor and every descendant; a baseline is its one process.
 """
 
 from __future__ import annotations
@@ -39,6 +41,36 @@ def cpu_seconds(pid: int) -> float:
     fields = _stat_fields(pid)
     # After the name: state (0), ppid (1), ... utime (11), stime (12).
     return (int(fields[11]) + int(fields[12])) * TICK
+
+
+def thread_ns(pid: int) -> dict[int, int]:
+    """{thread id: nanoseconds on a CPU} of every thread of `pid`."""
+    threads = {}
+    try:
+        tids = [int(entry.name) for entry in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        raise ProcessGone(f"process {pid} has exited") from None
+    for tid in tids:
+        try:
+            threads[tid] = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            continue  # exited between the listing and the read
+    return threads
+
+
+class _Sample:
+    """One process at one moment: its threads' nanoseconds and its tick count."""
+
+    def __init__(self, pid: int):
+        self.threads = thread_ns(pid)
+        self.ticks = cpu_seconds(pid)
+
+    def since(self, start: "_Sample") -> float:
+        """Seconds of CPU from `start` to this sample."""
+        if not set(start.threads) <= set(self.threads):
+            return self.ticks - start.ticks  # a thread exited: only the ticks count it
+        spent = sum(ns - start.threads.get(tid, 0) for tid, ns in self.threads.items())
+        return spent / 1e9
 
 
 def _parents() -> dict[int, int]:
@@ -79,7 +111,7 @@ class CpuMeter:
 
     def __init__(self, pids: Iterable[int]):
         self.pids = list(pids)
-        self._start = {pid: cpu_seconds(pid) for pid in self.pids}
+        self._start = {pid: _Sample(pid) for pid in self.pids}
 
     def stop(self) -> dict:
         """{"cpu_s": total, "by_process": {title: seconds}} since the meter started.
@@ -87,7 +119,7 @@ class CpuMeter:
         Raises `ProcessGone` if one of the processes exited meanwhile: its time would
         be missing from the total.
         """
-        spent = {pid: cpu_seconds(pid) - start for pid, start in self._start.items()}
+        spent = {pid: _Sample(pid).since(start) for pid, start in self._start.items()}
         by_process: dict[str, float] = {}
         for pid, seconds in spent.items():
             name = title(pid)

@@ -352,6 +352,7 @@ class Relay(Server):
 
     started: float = 0.0  # time.monotonic() just before the process was started
     ready_s: float = 0.0  # seconds from start until both children were ready
+    autosave_path: Path | None = None  # its autosave file (relayd's default place)
 
     @classmethod
     def start(cls, procs: Procs, epics: Epics, prefix: str, args: Sequence[str] = (),
@@ -366,10 +367,12 @@ class Relay(Server):
         port = free_port()
         endpoint = f"tcp://127.0.0.1:{free_port((socket.SOCK_STREAM,))}"
         command = [PYTHON, "-m", "relayd", "--prefix", prefix, "--zmq-bind", endpoint, *args]
-        env = epics.server_env(port, XDG_STATE_HOME=str(procs.workdir / "state"))
+        state_home = procs.workdir / "state"
+        env = epics.server_env(port, XDG_STATE_HOME=str(state_home))
         started = time.monotonic()
         proc = procs.start(f"relayd-{prefix}", command, env)
-        relay = cls("relayd", prefix, port, proc, endpoint, list(args), started=started)
+        relay = cls("relayd", prefix, port, proc, endpoint, list(args), started=started,
+                    autosave_path=state_home / "relayd" / f"{prefix}.sqlite")
         relay.wait_ready(ready_timeout)
         return relay
 
