@@ -8,9 +8,10 @@ autosave file holds every PV and the CA process's RSS has stopped changing, the 
 is (RSS - RSS of the empty relay) / N against the payload, 8,000 bytes per buffer.
 Target (issue 14): at most 1.2x.
 
-Baseline: a plain pcaspy server (Driver, N static float PVs of count 1000) fed the same
-pushes through ZMQ (each value kept as the numpy array it arrived as); its empty RSS is
-that of the same server with one PV.
+Baseline: a plain pcaspy server (Driver, N static float PVs of count 1000) given five
+rounds of new 1000-element arrays from its in-process loop (`setParam`, `updatePVs`; fed
+through ZMQ the Driver would walk all N PVs per message); its empty RSS is that of the
+same server with one PV.
 """
 
 from __future__ import annotations
@@ -72,12 +73,11 @@ def _plain(ctx: Context, n: int) -> dict:
         empty = settled_rss(empty_server.ready["pid"])
     finally:
         empty_server.stop()
-    plain = ctx.baseline("driver", n, count=COUNT, zmq=True, pattern=BASE_PATTERN)
+    plain = ctx.baseline("driver", n, count=COUNT, pattern=BASE_PATTERN)
     try:
-        # The Driver takes arrays of its PVs' size only: the full pushes, five times.
-        for _ in PUSHES:
-            ctx.clients.pusher(plain.endpoint, plain.pv(BASE_PATTERN), n, updates=n,
-                               count=COUNT).result(600)
+        # Its in-process loop: setParam of a new array of 1000 for every PV, then one
+        # updatePVs, five rounds (fed through ZMQ, the Driver walks every PV per message).
+        plain.loop(len(PUSHES) * n, timeout=600)
         rss = settled_rss(plain.ready["pid"])
         return {"rss_empty": empty, "rss": rss, "bytes_per_pv": (rss - empty) / n,
                 "per_payload": (rss - empty) / n / PAYLOAD}

@@ -163,6 +163,24 @@ def wait_saved(relay: Relay, n: int, timeout: float = 120.0) -> float:
                      f"({relay.autosave_path})")
 
 
+def quiesce(server: Server, timeout: float = 10.0, window: float = 0.2,
+            busy: float = 0.02) -> float:
+    """Wait until `server`'s processes are idle (under `busy` of a core over `window`).
+
+    What a step leaves behind runs on after it: a client that connected to 100,000 PVs
+    costs the CA process ~120 ms of CPU after it has gone (pcas tears down its channels
+    and relayd's PVs are told), and a measurement started at once would count that too.
+    Returns the seconds waited.
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        meter = cpu_meter(server)
+        time.sleep(window)
+        if cpu_figures(server, meter, 1, 1)["cpu_s"] < busy * window:
+            break
+    return time.monotonic() - started
+
+
 def _check_refused(ctx: Context, relay: Relay, before: float, n: int, poller) -> None:
     now = status(ctx, relay, "refused")["refused"] or 0
     if now > before:

@@ -18,9 +18,13 @@ over CA; a refused creation fails the run, see `common.create_pvs`):
 5. The C put client creates K new PVs over CA (search, connect, put with callback to K
    new names): PVs/s, and relayd's CPU per PV created (every process).
 
+Before step 5 the bench waits until the relay is idle (`common.quiesce`): the connect
+client's 100,000 channels are torn down after it exits, ~120 ms of the CA process's CPU
+that a creation started at once would be charged with.
+
 A second fresh relayd holds N/10 PVs, goes through the same steps (autosave settled, a
-client connected to all of them) and creates the same K over CA: creation over CA must
-not slow down as the relay grows (rate at N vs rate at N/10).
+client connected to all of them, idle) and creates the same K over CA: creation over CA
+must not slow down as the relay grows (rate at N vs rate at N/10).
 
 Baseline: a plain pcaspy server with N static PVs (SimpleServer.createPV, timed in its
 own process; its RSS; the same connect-all), and connect + put of K of its existing PVs
@@ -36,7 +40,7 @@ from bench.procs import RunFailure, rss_bytes
 from bench.report import Figure, Target
 from bench.scenarios.common import (
     CONNECT, CPU, PROC, PUT, Context, cpu_figures, cpu_meter, create_pvs, interleave, max_pvs,
-    wait_saved,
+    quiesce, wait_saved,
 )
 
 PATTERN = "scale%d_f1"
@@ -69,6 +73,7 @@ def _big(ctx: Context, n: int, k: int, rep: int) -> dict:
         saved_s = wait_saved(relay, n)
         rss = _settled_rss(ca)
         connect = _connect_all(ctx, relay, n)
+        quiesce(relay)  # the connect client's channels are torn down after it exits
         created = _create_over_ca(ctx, relay, f"new{rep}x", k)
         return {"create_s": create_s, "saved_s": saved_s, "rss_empty": empty, "rss": rss,
                 "kb_per_pv": (rss - empty) / n / 1e3, "connect": connect,
@@ -86,6 +91,7 @@ def _small(ctx: Context, n: int, k: int, rep: int) -> dict:
         create_pvs(ctx, relay, PATTERN, n // 10)
         wait_saved(relay, n // 10)
         _connect_all(ctx, relay, n // 10)
+        quiesce(relay)
         created = _create_over_ca(ctx, relay, f"new{rep}x", k)
         return {"ca_create": created["create"], "ca_rate": created["rate"],
                 "ca_cpu_us": created["cpu_us"]}
