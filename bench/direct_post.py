@@ -50,7 +50,7 @@ class LayoutError(RuntimeError):
 class GddLayout:
     """Where a gdd keeps its reference count and its data pointer (bytes from its start)."""
 
-    WORDS = 24  # a gdd is 72 bytes with pcaspy 0.8.1; probe no further than it can be
+    WORDS = 18  # a gdd is 72 bytes with pcaspy 0.8.1 (ref_cnt at 64, flags at 68): read no further
 
     def __init__(self) -> None:
         self.refs = self._probe_refs()
