@@ -7,9 +7,9 @@ Kinds (``--kind``):
   ``updatePVs()``, as pcaspy's documentation shows. Served with ``server.process``.
   Without a feed this is also the "plain pcaspy server" that CA puts are compared with:
   pcaspy's own ``SimplePV.write`` -> ``Driver.write`` -> ``setParam`` -> ``updatePV``.
-* ``direct``: the ceiling of the CA layer from Python. casPV objects of our own; an
-  update is a value-only gdd, ``setTimeStamp`` and ``postEvent`` (no Driver, no Manager,
-  no control gdd), which is what relayd's hot path does too.
+* ``direct``: the ceiling of the CA layer from Python (`bench.direct_post`): casPV
+  objects of our own posting with raw SWIG calls, one time stamp per round or message,
+  and gdds reused once pcas has sent them; no Driver, no Manager, no control gdd.
 * ``zmq-sink``: the ceiling of ZeroMQ ingest: a PULL socket, msgpack decode, count. No CA.
 
 Feeds: with ``--zmq-bind`` the server pulls messages in relayd's wire format (a map or an
@@ -113,109 +113,6 @@ class DriverServer:
         self.driver.updatePVs()
 
 
-def _make_direct_pv_class():
-    from pcaspy import cas
-
-    class DirectPV(cas.casPV):
-        """A float64 PV that posts a value-only gdd: the least pcas work per event."""
-
-        def __init__(self, name: str, count: int):
-            cas.casPV.__init__(self)
-            self.name = name
-            self.count = count
-            self.value: object = 0.0 if count == 1 else np.zeros(count)
-            self.stamp = cas.epicsTimeStamp()
-            self.monitored = False
-
-        def set(self, value: object) -> None:
-            self.value = value
-            self.stamp = cas.epicsTimeStamp()  # now
-
-        def fill(self, gdd) -> None:
-            if self.count == 1:
-                if gdd.primitiveType() == cas.aitEnumInvalid:
-                    gdd.setPrimType(cas.aitEnumFloat64)
-                gdd.putConvertNumeric(float(self.value))
-            else:
-                data = np.ascontiguousarray(self.value, dtype=np.float64)
-                gdd.setDimension(1)
-                gdd.setBound(0, 0, len(data))
-                gdd.putDoubleDataBuffer(data)
-            gdd.setTimeStamp(self.stamp)
-
-        def post(self) -> None:
-            if self.monitored:
-                gdd = cas.gdd(16, cas.aitEnumFloat64)  # gddAppType_value
-                self.fill(gdd)
-                self.postEvent(cas.DBE_VALUE | cas.DBE_LOG, gdd)
-
-        def getValue(self, gdd):
-            self.fill(gdd)
-            return cas.S_casApp_success
-
-        def interestRegister(self):
-            self.monitored = True
-            return cas.S_casApp_success
-
-        def interestDelete(self):
-            self.monitored = False
-
-        def getName(self):
-            return self.name
-
-        def bestExternalType(self):
-            return cas.aitEnumFloat64
-
-        def maxDimension(self):
-            return 0 if self.count == 1 else 1
-
-        def maxBound(self, dimension):
-            return self.count if dimension == 0 else 0
-
-    class DirectCAServer(cas.caServer):
-        def __init__(self, pvs: dict):
-            cas.caServer.__init__(self)
-            self.pvs = pvs
-
-        def pvExistTest(self, context, address, name):
-            return cas.pverExistsHere if name in self.pvs else cas.pverDoesNotExistHere
-
-        def pvAttach(self, context, name):
-            return self.pvs.get(name, cas.S_casApp_pvNotFound)
-
-    return DirectPV, DirectCAServer
-
-
-class DirectServer:
-    """casPV objects posting directly: the CA layer's ceiling."""
-
-    def __init__(self, prefix: str, names: list[str], count: int):
-        from pcaspy import cas
-
-        DirectPV, DirectCAServer = _make_direct_pv_class()
-        self.pvs = {f"{prefix}:{name}": DirectPV(f"{prefix}:{name}", count) for name in names}
-        status = f"{prefix}:{STATUS_PV}"
-        all_pvs = dict(self.pvs)
-        all_pvs[status] = DirectPV(status, 1)
-        self.ordered = list(self.pvs.values())
-        self.server = DirectCAServer(all_pvs)
-        self.process = cas.process
-
-    def apply(self, updates: list[tuple[str, object]]) -> None:
-        touched = {}
-        for pv, value in updates:
-            target = self.pvs[pv]
-            target.set(value)
-            touched[pv] = target
-        for target in touched.values():
-            target.post()
-
-    def post_round(self, value: float) -> None:
-        for target in self.ordered:
-            target.set(value if target.count == 1 else np.full(target.count, value))
-            target.post()
-
-
 # --- serving ---------------------------------------------------------------------------------
 
 
@@ -259,8 +156,11 @@ def run_loop(server, updates: int, n: int) -> dict:
         server.post_round(float(r + 1))
         server.process(0.0)
     t_last = time.time()
-    return {"posted": rounds * n, "rounds": rounds, "t_first": t_first, "t_last": t_last,
-            "last_value": float(rounds)}
+    report = {"posted": rounds * n, "rounds": rounds, "t_first": t_first, "t_last": t_last,
+              "last_value": float(rounds)}
+    if hasattr(server, "gdds"):
+        report["gdds"] = server.gdds()
+    return report
 
 
 def sink(endpoint: str, quiet_ms: int, latency: bool, commands: "queue.Queue[str]") -> None:
@@ -328,7 +228,12 @@ def main() -> int:
 
     names = [args.pattern % i for i in range(args.n)]
     t0 = time.perf_counter()
-    server = (DriverServer if args.kind == "driver" else DirectServer)(args.prefix, names, args.count)
+    if args.kind == "driver":
+        server = DriverServer(args.prefix, names, args.count)
+    else:
+        from bench.direct_post import DirectServer
+
+        server = DirectServer(args.prefix, names, args.count, STATUS_PV)
     create_s = time.perf_counter() - t0
     sock = None
     if args.zmq_bind:

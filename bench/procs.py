@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from bench.cpu import process_tree
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
@@ -337,6 +339,10 @@ class Server:
     def pv(self, base: str) -> str:
         return f"{self.prefix}:{base}"
 
+    def cpu_pids(self) -> list[int]:
+        """The processes whose CPU time is this server's (see bench/cpu.py)."""
+        return [self.proc.pid]
+
 
 @dataclass
 class Relay(Server):
@@ -346,6 +352,7 @@ class Relay(Server):
 
     started: float = 0.0  # time.monotonic() just before the process was started
     ready_s: float = 0.0  # seconds from start until both children were ready
+    autosave_path: Path | None = None  # its autosave file (relayd's default place)
 
     @classmethod
     def start(cls, procs: Procs, epics: Epics, prefix: str, args: Sequence[str] = (),
@@ -362,10 +369,12 @@ class Relay(Server):
         port = free_port()
         endpoint = f"tcp://{address}:{free_port((socket.SOCK_STREAM,))}"
         command = [PYTHON, "-m", "relayd", "--prefix", prefix, "--zmq-bind", endpoint, *args]
-        env = epics.server_env(port, XDG_STATE_HOME=str(procs.workdir / "state"))
+        state_home = procs.workdir / "state"
+        env = epics.server_env(port, XDG_STATE_HOME=str(state_home))
         started = time.monotonic()
         proc = procs.start(f"relayd-{prefix}", command, env)
-        relay = cls("relayd", prefix, port, proc, endpoint, list(args), started=started)
+        relay = cls("relayd", prefix, port, proc, endpoint, list(args), started=started,
+                    autosave_path=state_home / "relayd" / f"{prefix}.sqlite")
         relay.wait_ready(ready_timeout)
         return relay
 
@@ -389,6 +398,10 @@ class Relay(Server):
         if pid is None:
             raise RunFailure(f"relayd {self.prefix} has no child titled 'relayd: {role}'")
         return pid
+
+    def cpu_pids(self) -> list[int]:
+        """The supervisor and every process under it: all of relayd's work."""
+        return process_tree(self.proc.pid)
 
     def stop(self) -> int | None:
         """SIGTERM, as an operator would; relayd's own grace is 10 s."""

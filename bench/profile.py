@@ -1,17 +1,29 @@
-"""Profile relayd's processes under one of the bench's loads, with py-spy.
+"""Profile relayd's processes under one of the bench's loads, with py-spy or perf.
 
     python bench/profile.py zmq_batch100            # or zmq_single, conflation, arrays, ca_puts
     python bench/profile.py zmq_single --seconds 8 --native
+    python bench/profile.py zmq_batch100 --perf     # native only, the process not paused
 
 Starts relayd and the load of that scenario (the same pusher / C clients), records the
-CA process and the ingest worker with ``py-spy record -f raw`` (collapsed stacks) for
---seconds, and prints each process's busiest functions: *self* time (the frame on top
-of the stack) and *inclusive* time (anywhere on the stack), as a share of samples. The
-raw files are kept (path printed) for flame graphs (e.g. ``flamegraph.pl`` or speedscope).
+CA process and the ingest worker for --seconds, and prints each process's busiest
+functions: *self* time (the frame on top of the stack) and *inclusive* time (anywhere
+on the stack), as a share of samples. The collapsed-stack files are kept (path printed)
+for flame graphs (e.g. ``flamegraph.pl`` or speedscope).
+
+Three recorders:
+
+* ``py-spy record -f raw --nonblocking`` (default): Python frames, the process is never
+  stopped (a sample may then see a torn stack, rarely);
+* ``--native``: py-spy with the C/C++ frames too (pcas, libca, numpy). py-spy must stop
+  the process for each sample to unwind it (it refuses ``--nonblocking`` with
+  ``--native``), so the process runs slower while recorded;
+* ``--perf``: ``perf record --call-graph dwarf`` on a software clock (no hardware
+  counters needed, as in a VM): native frames only, Python shows as the interpreter's
+  own functions; the process is not paused. Needs ``perf`` (Debian: linux-perf).
 
 Profiling slows the processes it samples: these runs are for finding where time goes,
-never for the figures of run.py. py-spy needs ptrace rights over the processes (root,
-or kernel.yama.ptrace_scope = 0).
+never for the figures of run.py. py-spy and perf need rights over the processes (root,
+or kernel.yama.ptrace_scope = 0 and kernel.perf_event_paranoid <= 1).
 """
 
 from __future__ import annotations
@@ -75,12 +87,75 @@ def summarize(raw: Path, top: int) -> str:
     return "\n".join(lines)
 
 
+class Recorder:
+    """One recording of one process, ending as collapsed stacks in `raw`."""
+
+    def __init__(self, args: argparse.Namespace, pid: int, raw: Path):
+        self.args = args
+        self.raw = raw
+        seconds = str(int(args.seconds))
+        if args.perf:
+            self.data = raw.with_suffix(".perf.data")
+            command = [perf(), "record", "-e", "cpu-clock", "-F", str(args.rate), "-g",
+                       "--call-graph", "dwarf,16384", "-p", str(pid), "-o", str(self.data),
+                       "--", "sleep", seconds]
+        else:
+            command = [py_spy(), "record", "-p", str(pid), "-f", "raw", "-o", str(raw),
+                       "-d", seconds, "-r", str(args.rate)]
+            # py-spy refuses --nonblocking with --native: it must stop the process to
+            # unwind native frames.
+            command += ["--native"] if args.native else ["--nonblocking"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, text=True)
+
+    def finish(self, timeout: float) -> str:
+        """Wait for the recorder; write `raw` (perf: from ``perf script``). Its stderr."""
+        _, err = self.process.communicate(timeout=timeout)
+        if self.args.perf and self.data.exists():
+            script = subprocess.run([perf(), "script", "-i", str(self.data)], capture_output=True,
+                                    text=True, timeout=timeout)
+            self.raw.write_text(collapse_perf(script.stdout))
+            err += script.stderr[-2000:]
+        return err
+
+
+def perf() -> str:
+    found = shutil.which("perf")
+    if not found:
+        raise SystemExit("perf is not installed (Debian: apt-get install linux-perf)")
+    return found
+
+
+def collapse_perf(script: str) -> str:
+    """``perf script`` output as collapsed stacks (``root;...;leaf count`` lines).
+
+    Each sample is a header line and then its frames, leaf first, one per line
+    (``address symbol+offset (library)``), ending with a blank line.
+    """
+    stacks: collections.Counter[str] = collections.Counter()
+    frames: list[str] = []
+    for line in script.splitlines() + [""]:
+        if line.startswith(("\t", " ")) and line.strip():
+            parts = line.split(None, 1)
+            what = parts[1] if len(parts) > 1 else parts[0]
+            symbol, _, library = what.rpartition(" (")
+            symbol = symbol.split("+0x")[0] or "[unknown]"
+            frames.append(f"{symbol} ({Path(library.rstrip(')')).name})")
+        elif not line.strip() and frames:
+            stacks[";".join(reversed(frames))] += 1
+            frames = []
+    return "".join(f"{stack} {count}\n" for stack, count in stacks.items())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("load", choices=sorted(LOADS))
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
-    parser.add_argument("--native", action="store_true", help="include C/C++ frames (pcas)")
+    parser.add_argument("--rate", type=int, default=250, help="samples per second")
+    recorder = parser.add_mutually_exclusive_group()
+    recorder.add_argument("--native", action="store_true",
+                          help="py-spy with C/C++ frames (pcas); pauses the process per sample")
+    recorder.add_argument("--perf", action="store_true", help="perf: native frames only")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
@@ -105,15 +180,11 @@ def main() -> int:
         recorders = {}
         for role in ("ca-server", "ingest"):
             raw = args.out / f"profile-{args.load}-{role}-{stamp}.txt"
-            command = [py_spy(), "record", "-p", str(relay.child(role)), "-f", "raw", "-o",
-                       str(raw), "-d", str(int(args.seconds)), "-r", str(args.rate),
-                       "--nonblocking"] + (["--native"] if args.native else [])
-            recorders[role] = (subprocess.Popen(command, stdout=subprocess.DEVNULL,
-                                                stderr=subprocess.PIPE, text=True), raw)
+            recorders[role] = (Recorder(args, relay.child(role), raw), raw)
         for role, (recorder, raw) in recorders.items():
-            _, err = recorder.communicate(timeout=args.seconds + 60)
+            err = recorder.finish(args.seconds + 120)
             print(f"== relayd: {role} under {args.load} ({raw})")
-            print(summarize(raw, args.top) if raw.exists() else f"  py-spy failed: {err.strip()}")
+            print(summarize(raw, args.top) if raw.exists() else f"  recorder failed: {err.strip()}")
     finally:
         procs.stop_all()
         epics.close()

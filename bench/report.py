@@ -148,7 +148,16 @@ def format_number(value: float, unit: str = "") -> str:
 
 
 COLUMNS = ("scenario", "figure", "relayd", "baseline", "baseline value", "ratio", "target",
-           "verdict", "runs", "client")
+           "verdict", "runs", "spread", "client")
+
+
+def spread(runs: list[float]) -> str:
+    """(max - min) / median of the finite runs, e.g. "12%"; "" for fewer than 2 runs."""
+    kept = [v for v in runs if v is not None and math.isfinite(v)]
+    middle = median(kept)
+    if len(kept) < 2 or not middle:
+        return ""
+    return f"{(max(kept) - min(kept)) / abs(middle):.0%}"
 
 
 def table_rows(figures: list[Figure]) -> list[tuple[str, ...]]:
@@ -156,7 +165,7 @@ def table_rows(figures: list[Figure]) -> list[tuple[str, ...]]:
     for f in figures:
         if f.status != "ok":
             rows.append((f.scenario, f.name, f.status.upper(), "", "", "", "",
-                         f.status.upper(), "", _clip(f.error or "", 70)))
+                         f.status.upper(), "", "", _clip(f.error or "", 70)))
             continue
         rows.append((
             f.scenario, f.name, format_number(f.value, f.unit), f.baseline,
@@ -164,6 +173,7 @@ def table_rows(figures: list[Figure]) -> list[tuple[str, ...]]:
             f"{f.ratio:.2f}" if math.isfinite(f.ratio) else "",
             "; ".join(t.label() for t in f.targets), f.verdict_text(),
             f"{len(f.runs)}" + (f"/{len(f.baseline_runs)}" if f.baseline_runs else ""),
+            spread(f.runs) + (f"/{spread(f.baseline_runs)}" if spread(f.baseline_runs) else ""),
             f.client if f.baseline_client in ("", f.client) else f"{f.client} | {f.baseline_client}",
         ))
     return rows

@@ -13,6 +13,7 @@ from typing import Callable
 
 from bench.scenarios.arrays import arrays
 from bench.scenarios.autosave import autosave
+from bench.scenarios.buffers import buffers
 from bench.scenarios.ca_puts import ca_puts
 from bench.scenarios.caget_under_load import caget_under_load
 from bench.scenarios.conflation import conflation
@@ -44,6 +45,8 @@ SCENARIOS = (
     Scenario("autosave", autosave, summary="autosave cost and restore time (skipped without autosave)"),
     Scenario("fleet", fleet, quick=False,
              summary="1, 2, 3 relays on hosts of their own (netns): aggregate updates/s, CPU"),
+    Scenario("buffers", buffers, quick=False,
+             summary="RSS of 20,000 full _F1000 buffers against their data"),
 )
 
 BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}

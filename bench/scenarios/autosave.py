@@ -24,8 +24,8 @@ import time
 from bench.procs import PYTHON, REPO, RunFailure
 from bench.report import Figure, Target, failed
 from bench.scenarios.common import (
-    MONITOR, PATTERN, Context, Load, create_pvs, interleave, status, stream_run, values,
-    wait_status,
+    MONITOR, PATTERN, Context, Load, cpu_row, create_pvs, interleave, max_pvs, status,
+    stream_run, values, wait_status,
 )
 
 N = 1000
@@ -41,14 +41,14 @@ def has_autosave() -> bool:
 
 def _restore(ctx: Context, n: int) -> dict:
     prefix = ctx.prefix("a")
-    first = ctx.relay(prefix=prefix)
+    first = ctx.relay(prefix=prefix, args=max_pvs(n))
     try:
         create_pvs(ctx, first, RESTORE_PATTERN, n)
     finally:
         code = first.stop()
     if code != 0:
         raise RunFailure(f"relayd {prefix} exited with {code} when told to stop")
-    second = ctx.relay(prefix=prefix)
+    second = ctx.relay(prefix=prefix, args=max_pvs(n))
     try:
         got = status(ctx, second, "pvs", "autosave:restored")
         last = ctx.clients.get(second, RESTORE_PATTERN % (n - 1))[RESTORE_PATTERN % (n - 1)]
@@ -99,6 +99,8 @@ def autosave(ctx: Context) -> tuple[list[Figure], dict]:
                values(runs["autosave on"], "rate"), "relayd --no-autosave",
                values(runs["autosave off"], "rate"), MONITOR,
                targets=[Target(">=", 0.9, on="ratio", text="ratio >= 0.9")]),
+        cpu_row(name, "delivered event, autosave on", runs["autosave on"],
+                "relayd --no-autosave", runs["autosave off"]),
         Figure(name, "delivered fraction, autosave on", "", MONITOR,
                values(runs["autosave on"], "delivered"), targets=[Target(">=", 1.0, text="== 1")]),
         Figure(name, f"restart with {label} PVs restored: start to ready", "s",

@@ -7,14 +7,16 @@ No monitor is connected (a post without monitors is a no-op on both servers). re
 must accept every put (status:accepted grows by exactly the puts made).
 
 Also with completion (ca_array_put_callback, waiting for each), what `caput -c` and
-pyepics ``wait=True`` do: one round trip per put.
+pyepics ``wait=True`` do: one round trip per put. CPU per put (no wait), every process
+of each server.
 """
 
 from __future__ import annotations
 
 from bench.report import Figure, Target
 from bench.scenarios.common import (
-    PATTERN, PUT, Context, create_pvs, interleave, status, values, wait_status,
+    PATTERN, PUT, Context, cpu_figures, cpu_meter, cpu_row, create_pvs, interleave, status,
+    values, wait_status,
 )
 
 N = 1000
@@ -22,10 +24,12 @@ N = 1000
 
 def _run(ctx: Context, server, puts: int, mode: str, check_accepted: bool, rep: int) -> dict:
     before = status(ctx, server, "accepted")["accepted"] if check_accepted else None
+    meter = cpu_meter(server)
     result = ctx.clients.put(server, PATTERN, N, puts, mode=mode,
                              first_value=1 + rep * 1e7).result(600)
-    out = {"put": result, "rate": result["rate"],
-           "failed": result["failures"] + result["exceptions"]}
+    out = cpu_figures(server, meter, puts, puts)
+    out.update({"put": result, "rate": result["rate"],
+                "failed": result["failures"] + result["exceptions"]})
     if check_accepted:
         reached = wait_status(ctx, server, "accepted", before + puts, timeout=10)
         out["accepted"] = (reached["value"] - before) / puts
@@ -49,6 +53,7 @@ def ca_puts(ctx: Context) -> tuple[list[Figure], dict]:
         Figure(name, "CA puts/s, no wait (1 client)", "/s", PUT, values(runs["relayd"], "rate"),
                "plain pcaspy", values(runs["plain"], "rate"),
                targets=[Target(">=", 0.95, on="ratio", text="ratio >= 0.95")]),
+        cpu_row(name, "CA put (no wait)", runs["relayd"], "plain pcaspy", runs["plain"]),
         Figure(name, "CA puts/s, with callback (1 client)", "/s", PUT,
                values(runs["relayd wait"], "rate"), "plain pcaspy",
                values(runs["plain wait"], "rate")),

@@ -8,7 +8,8 @@ grows by every update, and the monitor's last value of each PV is the last value
 
 Baselines: the pcaspy Driver via ZMQ (setParam per update, updatePVs per message), the
 direct-post server via ZMQ (one post per touched PV per message: relayd's design without
-the pipe and the second process), and ZMQ+msgpack alone (decode only, no CA).
+the pipe and the second process, posting the cheapest way: bench/direct_post.py), and
+ZMQ+msgpack alone (decode only, no CA). CPU per accepted update, every process.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from __future__ import annotations
 from bench.procs import sink_start
 from bench.report import Figure, Target
 from bench.scenarios.common import (
-    MONITOR, PATTERN, SINK, Context, Load, create_pvs, interleave, sink_run, stream_run, values,
+    DIRECT_ZMQ, MONITOR, PATTERN, SINK, Context, Load, cpu_row, create_pvs, interleave, sink_run,
+    stream_run, values,
 )
 
 N = 10
@@ -51,10 +53,14 @@ def conflation(ctx: Context) -> tuple[list[Figure], dict]:
         Figure(name, what, "/s", MONITOR, accepted, "pcaspy Driver via ZMQ",
                values(runs["driver"], "accept_rate"), MONITOR,
                targets=[Target(">=", 500e3, text=">= 500k/s")]),
-        Figure(name, what, "/s", MONITOR, accepted, "direct-post via ZMQ (1 process)",
+        Figure(name, what, "/s", MONITOR, accepted, DIRECT_ZMQ,
                values(runs["direct"], "accept_rate"), MONITOR),
         *([Figure(name, what, "/s", MONITOR, accepted, "ZMQ+msgpack alone (no CA)",
                   values(runs["zmq"], "rate"), SINK)] if "zmq" in runs else []),
+        cpu_row(name, "accepted update", runs["relayd"], DIRECT_ZMQ,
+                runs["direct"], key="cpu_us_per_update"),
+        cpu_row(name, "accepted update", runs["relayd"], "pcaspy Driver via ZMQ",
+                runs["driver"], key="cpu_us_per_update"),
         Figure(name, "monitor ends on last value (fraction of PVs)", "", MONITOR,
                values(runs["relayd"], "last_ok"), "pcaspy Driver via ZMQ",
                values(runs["driver"], "last_ok"), MONITOR, targets=[Target(">=", 1.0, text="== 1")]),

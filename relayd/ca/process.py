@@ -5,8 +5,8 @@ One loop, one thread doing the relay's work (a second thread only wakes it, see
 
 1. ``cas.process`` lets the CA library answer searches, reads, puts and send monitor
    events. It waits for network traffic up to IDLE seconds, or not at all (two quick
-   turns) while ingest data is waiting; the wake-up thread interrupts the wait when the
-   pipe fills.
+   turns) while ingest data is waiting or an autosave flush is being handed over; the
+   wake-up thread interrupts the wait when the pipe fills.
 2. The pipe is drained for at most INGEST_BUDGET seconds, then CA gets its turn again:
    heavy ingest is interleaved with CA service, it never starves clients.
 3. Once per second or so: heartbeat to the supervisor, restart counts from it, status
@@ -131,7 +131,7 @@ class CALoop:
         stopping = self.env.stopping
         while not stopping():
             deadline = self.server.stale_watch.next_deadline()
-            self.ca_turn(IDLE if empty else 0.0, deadline)
+            self.ca_turn(IDLE if empty and not self.saving() else 0.0, deadline)
             empty = self.ingest.drain(CYCLE_UPDATES, INGEST_BUDGET)
             now = time.monotonic()
             self.after_cycle(now, deadline)
@@ -139,6 +139,11 @@ class CALoop:
                 break
             if now >= self.next_refresh:
                 self.refresh_status(now)
+
+    def saving(self) -> bool:
+        """An autosave flush is being handed to the writer, one part per cycle."""
+        autosaver = self.server.autosaver
+        return autosaver is not None and autosaver.handing
 
     def ca_turn(self, wait: float, deadline: float | None) -> None:
         """Let the CA library work: wait up to `wait` (or to a stale deadline) for traffic."""

@@ -527,6 +527,57 @@ def test_a_large_flush_is_handed_over_a_few_cycles_in_creation_order(saver, path
     assert rows == [from_state(s) for s in expected]
 
 
+def test_handing_says_a_flush_is_in_parts_until_its_last_part(saver, path: Path,
+                                                                monkeypatch) -> None:
+    """What keeps the CA loop from idling between the parts of a flush."""
+    monkeypatch.setattr(writer, "SNAPSHOTS_PER_TICK", 10)
+    autosaver = saver(interval=0.05)
+    assert not autosaver.handing
+    for i in range(25):
+        autosaver.touch(state(f"pv{i}_f1", float(i)))
+    autosaver.tick(time.monotonic())            # not due yet: nothing handed
+    assert not autosaver.handing
+    time.sleep(0.06)
+    seen = []
+    for _ in range(3):                          # 10, 10, then the last 5
+        autosaver.tick(time.monotonic())
+        seen.append(autosaver.handing)
+    assert seen == [True, True, False]
+    assert autosaver.wait_idle(5)
+    assert len(reopen(path)) == 25
+    autosaver.touch(state("pv0_f1", 100.0))
+    autosaver.flush()                           # all at once: never in parts
+    assert not autosaver.handing
+
+
+def test_a_parts_buffers_are_copied_into_one_memory_map(saver, path: Path) -> None:
+    """Buffers of one part go into one anonymous memory map, which goes back to the system
+    once the part is written (heap blocks freed by the writer thread stayed in the CA
+    process's RSS); what is written is each buffer's stored form, as before."""
+    import mmap
+
+    states = [state("f_F1000", list(range(600)), list(range(600, 1200))), state("s_f1", 2.5),
+              state("i_I7", [1, 2, 3]), state("c_C16", "text"), state("e_F8")]
+    part = writer.snapshot_part(states)
+    assert list(part) == [s.spec.name for s in states]
+    maps = {id(value.obj) for _, value, _, _ in part.values() if isinstance(value, memoryview)}
+    assert len(maps) == 1
+    assert all(isinstance(value.obj, mmap.mmap) for _, value, _, _ in part.values()
+               if isinstance(value, memoryview))
+    assert part["P:s_f1"][1] == 2.5
+    put(states[0], [5000.0])  # later changes are not in the snapshot
+    assert [bytes(writer.from_snapshot(snap).value or b"") for snap in part.values()
+            if snap[0].buffer] == [
+        np.arange(200, 1200, dtype="<f8").tobytes(), np.array([1, 2, 3], "<i4").tobytes(),
+        b"text", b""]
+    autosaver = saver()
+    for item in states:
+        autosaver.touch(item)
+    autosaver.flush()
+    assert autosaver.wait_idle(5)
+    assert reopen(path) == [from_state(s) for s in states]
+
+
 def test_stop_writes_everything(saver, path: Path) -> None:
     autosaver = saver(interval=60)  # no flush on its own before stop
     states = [state(f"pv{i}_I5", [i]) for i in range(50)]

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relayd.core.ring import Ring
+from relayd.core.ring import SLACK_DIVISOR, SLACK_MIN, Ring, slack
 
 
 def ints(*values: int) -> np.ndarray:
@@ -137,3 +137,55 @@ def test_property_ring_matches_a_list_model(case: tuple[int, list[list[int]]]) -
         assert view.tolist() == model
         assert len(ring) == len(model)
         assert view.flags["C_CONTIGUOUS"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(min_value=SLACK_MIN + 1, max_value=4 * SLACK_MIN).flatmap(
+        lambda cap: st.tuples(st.just(cap), st.lists(st.integers(0, 3 * cap + 2), max_size=40))
+    )
+)
+def test_property_a_ring_with_less_slack_than_capacity_matches_a_list_model(
+        case: tuple[int, list[int]]) -> None:
+    """Capacities above SLACK_MIN keep less than twice their capacity, so the live
+    elements moved back to the start may overlap where they go."""
+    capacity, lengths = case
+    ring = Ring(capacity, np.int64)
+    assert ring.storage < 2 * capacity
+    model: list[int] = []
+    counter = 0
+    for length in lengths:
+        chunk = list(range(counter, counter + length))
+        counter += length
+        ring.extend(np.array(chunk, dtype=np.int64))
+        model = (model + chunk)[-capacity:]
+        assert ring.view().tolist() == model
+        assert ring.view().flags["C_CONTIGUOUS"]
+
+
+@pytest.mark.parametrize("capacity, storage", [
+    (1, 2), (10, 20), (SLACK_MIN, 2 * SLACK_MIN), (SLACK_MIN + 1, 2 * SLACK_MIN + 1),
+    (1000, 1000 + SLACK_MIN), (1_000_000, 1_000_000 + 1_000_000 // SLACK_DIVISOR),
+])
+def test_memory_is_capacity_plus_a_slack(capacity: int, storage: int) -> None:
+    """A large buffer keeps 1/16 more than its capacity, not twice it (issue 14: a full
+    _F1000 buffer within 1.2x its payload); a small one twice."""
+    assert capacity + slack(capacity) == storage
+    ring = Ring(capacity, np.float64)
+    assert ring.storage == storage and ring._data.nbytes == storage * 8
+
+
+def test_moves_are_amortised_over_the_slack() -> None:
+    """Appended one element at a time, a buffer moves its live elements back only once
+    per slack elements appended: the storage's start is reused that rarely."""
+    capacity = 1600
+    ring = Ring(capacity, np.float64)
+    moves = 0
+    for value in range(10 * capacity):
+        before = ring._start
+        ring.extend(np.array([float(value)]))
+        if ring._start < before:
+            moves += 1
+    assert ring.view().tolist() == [float(v) for v in range(9 * capacity, 10 * capacity)]
+    appended_after_full = 9 * capacity
+    assert moves <= appended_after_full // slack(capacity) + 1
