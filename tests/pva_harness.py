@@ -28,7 +28,9 @@ def plain(value: Any) -> Any:
         return np.array(value, copy=True)
     if isinstance(value, bool):
         return value
-    for kind in (int, float, str):
+    if isinstance(value, str):
+        return str.__str__(value)  # p4p's ntstr prints its time stamp too
+    for kind in (int, float):
         if isinstance(value, kind):
             return kind(value)
     if isinstance(value, (list, tuple)):
