@@ -15,6 +15,7 @@ seconds.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -46,8 +47,12 @@ class P4PClient:
     def __init__(self) -> None:
         from p4p.client.thread import Context, Disconnected, RemoteError
 
-        self.context = Context("pva")
-        self.raw = Context("pva", nt=False)
+        # The environment without its name servers: p4p finds relays by UDP search
+        # (pvapy needs the name servers) and would log every one not running.
+        conf = {key: value for key, value in os.environ.items()
+                if key.startswith("EPICS_PVA_") and key != "EPICS_PVA_NAME_SERVERS"}
+        self.context = Context("pva", conf=conf, useenv=False)
+        self.raw = Context("pva", conf=conf, useenv=False, nt=False)
         self.Disconnected = Disconnected
         self.RemoteError = RemoteError
         self.last_error = ""
@@ -93,7 +98,12 @@ class P4PClient:
                 monitor.add(_event(value))
 
         subscription = self.raw.monitor(name, on_update, notify_disconnect=True)
-        monitor.closer = subscription.close
+
+        def close() -> None:
+            subscription.close()
+            self.raw.disconnect(name)  # p4p caches channels: let this one close
+
+        monitor.closer = close
         return monitor
 
 

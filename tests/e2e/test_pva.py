@@ -352,3 +352,51 @@ ASG(DELETE) {{ RULE(1, READ) }}
     # the same rule, judged by pcas for a CA client
     assert not pyepics_client.put(full(relay, "delpv"), full(relay, "allowed_f1"))
     assert pyepics_client.get(full(relay, "allowed_f1")) == 1.0
+
+
+# --- placeholders shared by CA and PVA ------------------------------------------------------
+
+
+@pytest.mark.parametrize("leaves_first", ["pva", "ca"])
+def test_a_placeholder_lives_while_either_protocol_watches_it(
+        leaves_first, p4p_client, caproto_client, pyepics_client, start_relay):
+    relay = start_relay()
+    pv = full(relay, "shared_f1")
+    # caproto closes its channel with the monitor (pyepics keeps channels cached)
+    over_pva, over_ca = p4p_client.monitor(pv), caproto_client.monitor(pv)
+    over_pva.wait_count(1)
+    over_ca.wait_count(1)
+    wait_status(pyepics_client, relay, "pva:channels", lambda n: n == 1)
+    staying = over_ca if leaves_first == "pva" else over_pva
+    try:
+        if leaves_first == "pva":
+            over_pva.close()
+            wait_status(pyepics_client, relay, "pva:channels", lambda n: n == 0)
+        else:
+            over_ca.close()
+            # a CA request on the same circuit: the channel's close came before it
+            assert status(caproto_client, relay, "pvs") == 0
+        # still one placeholder: the object the remaining client watches
+        assert status(pyepics_client, relay, "placeholders") == 1
+        push(relay, (pv, 9.0))
+        staying.wait_value(lambda v: v == 9.0)
+    finally:
+        staying.close()
+
+
+def test_the_placeholder_limit_holds_over_pva(p4p_client, pyepics_client, start_relay):
+    relay = start_relay("--max-placeholders", "1")
+    first = p4p_client.monitor(full(relay, "first_f1"))
+    try:
+        first.wait_count(1)
+        second = p4p_client.monitor(full(relay, "second_f1"))
+        try:
+            wait_status(pyepics_client, relay, "refused:placeholderLimit", lambda n: n >= 1)
+            assert status(pyepics_client, relay, "placeholders") == 1
+            assert second.value_events() == []
+            push(relay, (full(relay, "second_f1"), 2.0))  # a PV now: no placeholder needed
+            second.wait_value(lambda v: v == 2.0, timeout=20)
+        finally:
+            second.close()
+    finally:
+        first.close()
