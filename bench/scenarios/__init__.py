@@ -17,6 +17,7 @@ from bench.scenarios.ca_puts import ca_puts
 from bench.scenarios.caget_under_load import caget_under_load
 from bench.scenarios.conflation import conflation
 from bench.scenarios.latency import latency
+from bench.scenarios.pva import pva_arrays, pva_ca_cost, pva_scalars
 from bench.scenarios.scale import scale
 from bench.scenarios.soak import soak
 from bench.scenarios.zmq_throughput import zmq_batch100, zmq_single
@@ -41,6 +42,9 @@ SCENARIOS = (
     Scenario("caget_under_load", caget_under_load, summary="CA read latency during heavy ingest"),
     Scenario("soak", soak, quick=False, summary="50k updates/s for --soak-minutes, RSS growth"),
     Scenario("autosave", autosave, summary="autosave cost and restore time (skipped without autosave)"),
+    Scenario("pva_scalars", pva_scalars, summary="1000 PVs via ZMQ -> PVA monitor vs bare p4p, updates/s"),
+    Scenario("pva_arrays", pva_arrays, summary="10 x 10,000 float64 via ZMQ -> PVA monitor vs bare p4p, MB/s"),
+    Scenario("pva_ca_cost", pva_ca_cost, summary="CA updates/s with PVA served vs --no-pva"),
 )
 
 BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
