@@ -18,7 +18,9 @@ subscription queue), so the delivered fraction is reported beside the rate.
 from __future__ import annotations
 
 import math
+import os
 import socket
+from pathlib import Path
 
 from bench.procs import PYTHON, REPO, Proc, Relay, RunFailure, free_port
 from bench.report import Figure, Target
@@ -30,6 +32,21 @@ TOOLS = REPO / "bench" / "pva_tools.py"
 PVA_MONITOR = "p4p raw monitor"
 N = 1000
 ARRAY_N, ARRAY_COUNT, ARRAY_PATTERN = 10, 10_000, "parr%d_f10000"
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) `pid` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def with_cpu(relay: Relay, run) -> dict:
+    """`run()`'s result, with the CA process's CPU microseconds per update sent."""
+    pid = relay.child("ca-server")
+    before = cpu_seconds(pid)
+    out = run()
+    out["ca_cpu_us"] = (cpu_seconds(pid) - before) / out["updates"] * 1e6
+    return out
 
 
 def _relay(ctx: Context, args: tuple[str, ...] = ()) -> tuple[Relay, int]:
@@ -80,11 +97,13 @@ def _ceiling_run(ctx: Context, ceiling: tuple[Proc, str, int], pattern: str, n: 
     proc, prefix, search = ceiling
     rounds = max(1, updates // n)
     monitor = _monitor(ctx, search, f"{prefix}:{pattern}", n, count, rounds * n, rounds)
+    before = cpu_seconds(proc.pid)
     proc.send(f"loop {updates}")
     done = proc.wait_json_line("DONE ", 300.0)
     seen = monitor.result(300.0)
     out = _figures(seen, done["posted"], None, None)
     out["post_rate"] = done["posted"] / max(1e-9, done["t_last"] - done["t_first"])
+    out["cpu_us"] = (cpu_seconds(proc.pid) - before) / done["posted"] * 1e6
     return out
 
 
@@ -105,7 +124,8 @@ def pva_scalars(ctx: Context) -> tuple[list[Figure], dict]:
     ceiling = _ceiling(ctx, PATTERN, N, 1)
     load = Load(updates, 100)
     runs = interleave(ctx.reps, {
-        "relayd": lambda rep: _relay_run(ctx, relay, search, PATTERN, N, load, 1 + rep * 1e7),
+        "relayd": lambda rep: with_cpu(relay, lambda: _relay_run(
+            ctx, relay, search, PATTERN, N, load, 1 + rep * 1e7)),
         "ceiling": lambda rep: _ceiling_run(ctx, ceiling, PATTERN, N, 1, updates),
     }, ctx.log)
     what = "PVA updates/s delivered (1000 scalar PVs, ZMQ batch 100)"
@@ -119,6 +139,9 @@ def pva_scalars(ctx: Context) -> tuple[list[Figure], dict]:
         Figure("pva_scalars", "PVA monitor ends on last value (fraction of PVs)", "",
                PVA_MONITOR, values(runs["relayd"], "last_ok"),
                targets=[Target(">=", 1.0, text="== 1")]),
+        Figure("pva_scalars", "server CPU per update delivered over PVA (us)", "us", "/proc",
+               values(runs["relayd"], "ca_cpu_us"), "bare p4p SharedPV server (loop)",
+               values(runs["ceiling"], "cpu_us"), "/proc"),
     ], runs
 
 
@@ -157,13 +180,17 @@ def pva_ca_cost(ctx: Context) -> tuple[list[Figure], dict]:
         first = 1 + (rep + 100) * 1e7
         watcher = _monitor(ctx, search, relay.pv(PATTERN), N, 1, updates,
                            last_round(first, updates, N))
-        out = stream_run(ctx, relay, N, load, first_value=first)
+        out = with_cpu(relay, lambda: stream_run(ctx, relay, N, load, first_value=first))
         out["pva"] = watcher.result(300.0)["events"] / updates
         return out
 
+    # --no-pva runs first in each round, so that the PVA relay has closed the previous
+    # round's 1000 PVA channels (their teardown is not the cost measured) before its run.
     runs = interleave(ctx.reps, {
-        "pva": lambda rep: stream_run(ctx, relay, N, load, first_value=1 + rep * 1e7),
-        "no_pva": lambda rep: stream_run(ctx, bare, N, load, first_value=1 + rep * 1e7),
+        "no_pva": lambda rep: with_cpu(bare, lambda: stream_run(
+            ctx, bare, N, load, first_value=1 + rep * 1e7)),
+        "pva": lambda rep: with_cpu(relay, lambda: stream_run(
+            ctx, relay, N, load, first_value=1 + rep * 1e7)),
         "pva_watched": with_pva_monitor,
     }, ctx.log)
     if not runs["pva"]:
@@ -176,6 +203,13 @@ def pva_ca_cost(ctx: Context) -> tuple[list[Figure], dict]:
         Figure("pva_ca_cost", what + ", a PVA monitor on every PV too", "/s", MONITOR,
                values(runs["pva_watched"], "rate"), "relayd --no-pva",
                values(runs["no_pva"], "rate"), MONITOR),
+        Figure("pva_ca_cost", "CA process CPU per update (us), PVA served, no PVA client",
+               "us", "/proc", values(runs["pva"], "ca_cpu_us"), "relayd --no-pva",
+               values(runs["no_pva"], "ca_cpu_us"), "/proc",
+               targets=[Target("<=", 1.1, on="ratio", text="ratio <= 1.1")]),
+        Figure("pva_ca_cost", "CA process CPU per update (us), a PVA monitor on every PV too",
+               "us", "/proc", values(runs["pva_watched"], "ca_cpu_us"), "relayd --no-pva",
+               values(runs["no_pva"], "ca_cpu_us"), "/proc"),
         Figure("pva_ca_cost", "CA delivered fraction, PVA served", "", MONITOR,
                values(runs["pva"], "delivered"), "relayd --no-pva",
                values(runs["no_pva"], "delivered"), MONITOR,
