@@ -400,3 +400,22 @@ def test_the_placeholder_limit_holds_over_pva(p4p_client, pyepics_client, start_
             second.close()
     finally:
         first.close()
+
+
+def test_an_attribute_change_over_ca_is_posted_to_pva_monitors(p4p_client, pyepics_client,
+                                                               shared_relay, name):
+    pv = full(shared_relay, name("units_f1"))
+    push(shared_relay, (pv, 1.0))
+    wait_for(lambda: p4p_client.get(pv) == 1.0, what="the PV")
+    seen: list = []
+    subscription = p4p_client.raw.monitor(pv, seen.append)
+    try:
+        wait_for(lambda: seen, what="the first update")
+        assert pyepics_client.put(pv + ".HIHI", 0.5)  # the value 1.0 is now in alarm
+        update = wait_for(lambda: [v for v in seen if v["valueAlarm.highAlarmLimit"] == 0.5],
+                          what="the new limit over PVA")[0]
+        assert "valueAlarm.highAlarmLimit" in update.changedSet()
+        assert (update["alarm.severity"], update["alarm.message"]) == (MAJOR, "HIHI")
+    finally:
+        subscription.close()
+        p4p_client.raw.disconnect(pv)

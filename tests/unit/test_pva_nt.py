@@ -14,7 +14,8 @@ from relayd.core.errors import Reason, Refused
 from relayd.core.meta import STATUS_MENU, Meta
 from relayd.core.names import Grammar
 from relayd.core.pvstate import new_state
-from relayd.pva import nt
+from relayd.pva import nt, serve
+from relayd.pva.bridge import credentials, peer_host
 
 GRAMMAR = Grammar("u")
 TS = 1_700_000_000_123_456_789
@@ -185,3 +186,40 @@ def test_a_put_of_nothing_is_refused():
     with pytest.raises(Refused) as refused:
         nt.read_put(put, nt.full(state("e_f1")), spec)
     assert refused.value.reason is Reason.BAD_VALUE and "neither" in refused.value.detail
+
+
+# --- who a put is from, and the port served ------------------------------------------------
+
+
+@pytest.mark.parametrize("peer, host", [
+    ("10.0.0.5:40312", "10.0.0.5"),
+    ("[::ffff:127.0.0.1]:5075", "127.0.0.1"),
+    ("[fe80::1]:5075", "fe80::1"),
+])
+def test_the_host_of_a_put_is_its_peer_address(peer, host):
+    assert peer_host(peer) == host
+
+
+def test_credentials_are_the_account_and_its_roles_as_qsrv_names_them():
+    class Op:
+        def account(self):
+            return "DOMAIN/alice"
+
+        def roles(self):
+            return {"ops", "dev"}
+
+        def peer(self):
+            return "192.168.1.7:1234"
+
+    assert credentials(Op()) == (["alice", "role/dev", "role/ops"], "192.168.1.7")
+
+
+def test_a_taken_port_is_named_with_the_port_served():
+    assert serve.wanted_port({}) == 5075
+    assert serve.wanted_port({"EPICS_PVA_SERVER_PORT": "6000"}) == 6000
+    assert serve.wanted_port({"EPICS_PVA_SERVER_PORT": "6000",
+                              "EPICS_PVAS_SERVER_PORT": "7000"}) == 7000
+    assert serve.port_problem(5075, 5075) is None
+    assert serve.port_problem(0, 41000) is None  # a random port was asked for
+    problem = serve.port_problem(5075, 41000)
+    assert "5075 is taken" in problem and "serving on port 41000" in problem
