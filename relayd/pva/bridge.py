@@ -163,9 +163,10 @@ class PVABridge:
             return
         if pv.pva is not None:  # cannot happen: one channel per name
             self._forget(pv.pva)
-        refresh = getattr(pv, "refresh", None)  # the relay's computed PVs
-        if refresh is not None:
-            refresh(time.time_ns())
+        if pv is self.host.control.get(name):  # the relay's own PVs: posted by `refresh`
+            refresh = getattr(pv, "refresh", None)  # computed ones are made current first
+            if refresh is not None:
+                refresh(time.time_ns())
             self._control.add(channel)
         channel.pv, pv.pva = pv, channel
         channel.scratch = nt.scratch(nt.shape(pv.state.spec))

@@ -419,3 +419,17 @@ def test_an_attribute_change_over_ca_is_posted_to_pva_monitors(p4p_client, pyepi
     finally:
         subscription.close()
         p4p_client.raw.disconnect(pv)
+
+
+def test_delpv_over_pva_shows_the_last_name_deleted(p4p_client, start_relay):
+    relay = start_relay()
+    push(relay, (full(relay, "a_f1"), 1.0), (full(relay, "b_f1"), 1.0))
+    wait_for(lambda: p4p_client.get(full(relay, "status:pvs")) == 2, what="two PVs")
+    monitor = p4p_client.monitor(full(relay, "delpv"))
+    try:
+        monitor.wait_count(1)
+        assert p4p_client.put(full(relay, "delpv"), "a_f1")
+        monitor.wait_value(lambda v: v == "a_f1")  # posted at the next status refresh
+        wait_for(lambda: p4p_client.get(full(relay, "status:pvs")) == 1, what="the delete")
+    finally:
+        monitor.close()
