@@ -84,6 +84,11 @@ class Epics:
             EPICS_CAS_AUTO_BEACON_ADDR_LIST="NO",
             EPICS_CAS_BEACON_PORT=str(self.beacon_sink.getsockname()[1]),
             EPICS_CA_REPEATER_PORT=str(self.repeater_port),
+            # pvAccess (relayd serves it by default): loopback only, no broadcasts
+            EPICS_PVA_AUTO_ADDR_LIST="NO",
+            EPICS_PVAS_INTF_ADDR_LIST="127.0.0.1",
+            EPICS_PVAS_BEACON_ADDR_LIST="127.0.0.1",
+            EPICS_PVAS_AUTO_BEACON_ADDR_LIST="NO",
             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         )
         return env
@@ -91,7 +96,21 @@ class Epics:
     def server_env(self, port: int, **extra: str) -> dict[str, str]:
         env = self._base()
         env.update(EPICS_CA_SERVER_PORT=str(port), EPICS_CA_ADDR_LIST=f"127.0.0.1:{port}")
+        env.update(self.pva_server_env(free_port((socket.SOCK_DGRAM,))))
         env.update(extra)
+        return env
+
+    @staticmethod
+    def pva_server_env(search_port: int) -> dict[str, str]:
+        """A pvAccess server's ports: UDP searches on `search_port`, TCP on a free port."""
+        return {"EPICS_PVAS_BROADCAST_PORT": str(search_port),
+                "EPICS_PVAS_SERVER_PORT": str(free_port((socket.SOCK_STREAM,)))}
+
+    def pva_client_env(self, search_port: int) -> dict[str, str]:
+        """A pvAccess client that searches exactly the server on `search_port`."""
+        env = self._base()
+        env.update(EPICS_PVA_ADDR_LIST=f"127.0.0.1:{search_port}",
+                   EPICS_PVA_BROADCAST_PORT=str(search_port))
         return env
 
     def client_env(self, port: int, max_array_bytes: int | None = None) -> dict[str, str]:
@@ -356,7 +375,8 @@ class Relay(Server):
 
     @classmethod
     def start(cls, procs: Procs, epics: Epics, prefix: str, args: Sequence[str] = (),
-              ready_timeout: float = 30.0, address: str = "127.0.0.1") -> "Relay":
+              ready_timeout: float = 30.0, address: str = "127.0.0.1",
+              env: dict[str, str] | None = None) -> "Relay":
         """Start relayd with its defaults plus `args`, and wait until it is ready.
 
         Its ingest binds `address` (another than loopback needs ``--insecure`` in `args`).
@@ -370,9 +390,9 @@ class Relay(Server):
         endpoint = f"tcp://{address}:{free_port((socket.SOCK_STREAM,))}"
         command = [PYTHON, "-m", "relayd", "--prefix", prefix, "--zmq-bind", endpoint, *args]
         state_home = procs.workdir / "state"
-        env = epics.server_env(port, XDG_STATE_HOME=str(state_home))
+        environ = epics.server_env(port, XDG_STATE_HOME=str(state_home), **(env or {}))
         started = time.monotonic()
-        proc = procs.start(f"relayd-{prefix}", command, env)
+        proc = procs.start(f"relayd-{prefix}", command, environ)
         relay = cls("relayd", prefix, port, proc, endpoint, list(args), started=started,
                     autosave_path=state_home / "relayd" / f"{prefix}.sqlite")
         relay.wait_ready(ready_timeout)

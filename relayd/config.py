@@ -63,6 +63,7 @@ class Config:
     zmq_allow: tuple = ()
     insecure: bool = False
     access_security: str = ""
+    no_pva: bool = False
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -149,6 +150,7 @@ HELP = {
                  "several (default: any address)",
     "insecure": "allow binding the ingest socket beyond loopback without CURVE",
     "access_security": "EPICS access security file (ACF) for every CA PV; see SECURITY.md",
+    "no_pva": "do not serve the PVs over pvAccess (PVA, EPICS 7); see docs/PVA.md",
 }
 
 

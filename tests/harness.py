@@ -55,10 +55,11 @@ def free_port(kinds: Iterable[int] = (socket.SOCK_STREAM, socket.SOCK_DGRAM)) ->
 
 
 class PortPool:
-    """CA server ports reserved for the whole session (see the module docstring)."""
+    """Server ports reserved for the whole session (see the module docstring): CA ports,
+    and the UDP search ports of the relays' pvAccess servers."""
 
-    def __init__(self, size: int):
-        self.ports = [free_port() for _ in range(size)]
+    def __init__(self, size: int, kinds: Iterable[int] = (socket.SOCK_STREAM, socket.SOCK_DGRAM)):
+        self.ports = [free_port(kinds) for _ in range(size)]
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
         for port in self.ports:
             self._free.put(port)
@@ -118,6 +119,10 @@ class RelayProcess:
     zmq_port: int = field(default_factory=lambda: free_port((socket.SOCK_STREAM,)))
     log_offset: int = 0  # where the log of the latest start begins
     own_autosave: bool = True  # False: relayd's default autosave path, as in production
+    # pvAccess: the UDP search port (one of the session's pool, listed in
+    # EPICS_PVA_ADDR_LIST, for relays PVA clients must find) and the TCP port.
+    pva_search_port: int = field(default_factory=lambda: free_port((socket.SOCK_DGRAM,)))
+    pva_port: int = field(default_factory=lambda: free_port((socket.SOCK_STREAM,)))
 
     @property
     def endpoint(self) -> str:
@@ -145,6 +150,10 @@ class RelayProcess:
         # The clients' array limit is set for the test process; relayd sizes its own.
         env.pop("EPICS_CA_MAX_ARRAY_BYTES", None)
         env["EPICS_CA_SERVER_PORT"] = str(self.port)
+        for name in ("EPICS_PVAS_BROADCAST_PORT", "EPICS_PVA_BROADCAST_PORT"):
+            env[name] = str(self.pva_search_port)
+        for name in ("EPICS_PVAS_SERVER_PORT", "EPICS_PVA_SERVER_PORT"):
+            env[name] = str(self.pva_port)
         env.update(self.env)
         return env
 

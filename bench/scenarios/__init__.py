@@ -19,6 +19,7 @@ from bench.scenarios.caget_under_load import caget_under_load
 from bench.scenarios.conflation import conflation
 from bench.scenarios.fleet import fleet
 from bench.scenarios.latency import latency
+from bench.scenarios.pva import pva_arrays, pva_ca_cost, pva_scalars
 from bench.scenarios.scale import scale
 from bench.scenarios.soak import soak
 from bench.scenarios.zmq_throughput import zmq_batch100, zmq_single
@@ -47,6 +48,9 @@ SCENARIOS = (
              summary="1, 2, 3 relays on hosts of their own (netns): aggregate updates/s, CPU"),
     Scenario("buffers", buffers, quick=False,
              summary="RSS of 20,000 full _F1000 buffers against their data"),
+    Scenario("pva_scalars", pva_scalars, summary="1000 PVs via ZMQ -> PVA monitor vs bare p4p, updates/s"),
+    Scenario("pva_arrays", pva_arrays, summary="10 x 10,000 float64 via ZMQ -> PVA monitor vs bare p4p, MB/s"),
+    Scenario("pva_ca_cost", pva_ca_cost, summary="CA updates/s with PVA served vs --no-pva"),
 )
 
 BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}

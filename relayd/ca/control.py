@@ -74,12 +74,17 @@ class ControlPVs:
         text = ca_gdd.extract(value, pv.state.spec)
         name = text.split(b"\0", 1)[0].decode("utf-8", "replace")  # type: ignore[union-attr]
         try:
-            self._delete(name, source)
+            self.delete_named(name, source)
         except Refused as refused:
             return self._report(refused, source)
-        pv.state.put(name.encode()[: pv.state.spec.count], time.time_ns())
-        pv.post()
         return cas.S_casApp_success
+
+    def delete_named(self, name: str, source: str) -> None:
+        """A put of `name` to delpv (over CA or PVA): delete it, show it; `Refused` if not."""
+        self._delete(name, source)
+        delpv = self.delpv
+        delpv.state.put(name.encode()[: delpv.state.spec.count], time.time_ns())
+        delpv.post()
 
     def ca_released(self, pv: ServedPV) -> None:
         """Control PVs live as long as the server; nothing to release."""

@@ -9,7 +9,9 @@ One loop, one thread doing the relay's work (a second thread only wakes it, see
    wake-up thread interrupts the wait when the pipe fills.
 2. The pipe is drained for at most INGEST_BUDGET seconds, then CA gets its turn again:
    heavy ingest is interleaved with CA service, it never starves clients.
-3. Once per second or so: heartbeat to the supervisor, restart counts from it, status
+3. What pvAccess's threads queued (new channels, puts: `relayd.pva`) is handled; the
+   wake-up thread watches that queue too.
+4. Once per second or so: heartbeat to the supervisor, restart counts from it, status
    PVs, pipe backlog.
 
 On SIGTERM the loop stops, applies what is still in the pipe (bounded by DRAIN_ON_STOP),
@@ -29,6 +31,7 @@ from pcaspy import cas
 
 from relayd.store.sqlite import Store
 from relayd.store.writer import Autosaver
+from relayd.ca.access import PutAccess
 from relayd.ca.apply import PipeIngest
 from relayd.ca.server import CAServer
 from relayd.config import Config
@@ -37,11 +40,13 @@ from relayd.ca.epics_env import raise_max_array_bytes
 from relayd.supervise.child import ChildEnv
 from relayd.supervise.pipe import PipeReader, backlog
 from relayd.ca.wakeup import Wakeup
+from relayd.pva import serve as pva
 
 log = logging.getLogger("relayd.ca")
 
 IDLE = 0.2  # longest wait in the CA library when nothing happens, seconds
 INGEST_BUDGET = 0.002  # longest stretch of applying ingest before serving CA again
+PVA_REQUESTS = 500  # most pvAccess requests handled per cycle (within INGEST_BUDGET too)
 CYCLE_UPDATES = 2000  # most updates applied between two turns of the CA library
 HOUSEKEEPING = 0.5  # seconds between heartbeats and lifeline checks
 DRAIN_ON_STOP = 2.0  # seconds allowed to apply what is left in the pipe when stopping
@@ -118,7 +123,12 @@ class CALoop:
         self.frozen_at = len(server.relay.registry.pvs)
         self.reader = PipeReader(env.pipe)
         self.ingest = PipeIngest(server, self.reader)
-        self.wakeup = Wakeup(self.reader.fileno()).start()
+        # pvAccess starts once the PVs are restored, as CA answers only after them.
+        access = PutAccess() if config.access_security else None
+        self.pva = server.pva = pva.start(config, server, access)
+        pva_fds = [self.pva.fileno()] if self.pva is not None else []
+        self.wakeup = Wakeup(self.reader.fileno(), *pva_fds).start()
+        server.relay.stats.pva = self.pva.status if self.pva is not None else None
         self.next_housekeeping = 0.0
         self.next_refresh = time.monotonic() + config.status_interval
 
@@ -133,6 +143,8 @@ class CALoop:
             deadline = self.server.stale_watch.next_deadline()
             self.ca_turn(IDLE if empty and not self.saving() else 0.0, deadline)
             empty = self.ingest.drain(CYCLE_UPDATES, INGEST_BUDGET)
+            if self.pva is not None:
+                empty = self.pva.drain(PVA_REQUESTS, INGEST_BUDGET) and empty
             now = time.monotonic()
             self.after_cycle(now, deadline)
             if now >= self.next_housekeeping and not self.housekeeping(now):
@@ -191,6 +203,8 @@ class CALoop:
         if self.env.pipe_writer is not None:
             self.server.relay.stats.pipe_backlog = backlog(self.env.pipe_writer)
         self.server.control.refresh(time.time_ns())
+        if self.pva is not None:
+            self.pva.refresh(now)
 
     def drain_on_stop(self) -> None:
         """Apply what is still in the pipe, for at most DRAIN_ON_STOP seconds."""
@@ -198,10 +212,14 @@ class CALoop:
         while (not self.ingest.drain(CYCLE_UPDATES, INGEST_BUDGET)
                and time.monotonic() < deadline):
             cas.process(0.0)
+        if self.pva is not None:  # puts already queued are applied and answered
+            self.pva.drain(PVA_REQUESTS, max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
-        """Write what autosave still holds, then drop every PV."""
+        """Stop pvAccess, write what autosave still holds, then drop every PV."""
         self.wakeup.stop()
+        if self.pva is not None:
+            self.pva.stop()
         autosaver, store = self.server.autosaver, self.store
         if autosaver is not None and store is not None:
             if autosaver.stop():

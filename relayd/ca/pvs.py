@@ -127,6 +127,8 @@ class ServedPV(MonitoredPV):
         self.handler = handler
         self.fields: dict[str, FieldPV] | None = None  # attached field PVs, by field name
         self.access_group = ""  # access security group, when an ACF is in use
+        self.ca_attached = False  # CA channels hold it (from pvAttach to destroy)
+        self.pva: Any = None  # its pvAccess channel while PVA clients have one (relayd.pva)
 
     def post(self, mask: int = DBE_VALUE_LOG, stamp: cas.epicsTimeStamp | None = None) -> None:
         """Send the current state to every monitor (a no-op when no one monitors)."""

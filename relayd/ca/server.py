@@ -24,7 +24,7 @@ from relayd.ca.control import ControlPVs
 from relayd.core.errors import Reason, Refused
 from relayd.logs import RateLimitedLog
 from relayd.core.meta import FIELDS, Field, Meta, check_changes
-from relayd.core.names import Grammar
+from relayd.core.names import Grammar, PVSpec
 from relayd.core.pvstate import PVState
 from relayd.core.registry import Registry
 from relayd.core.writes import Relay
@@ -72,6 +72,7 @@ class CAServer(cas.caServer):
                 pv.setAccessSecurityGroup(ASG_STATUS)
         self.stale_watch = StaleWatch()
         self.autosaver: Autosaver | None = None  # set by the CA process when enabled
+        self.pva: Any = None  # the pvAccess bridge (relayd.pva), set by the CA process
         self._refusals = RateLimitedLog(log)
         # PVs dropped while the CA library may still be inside a call on them; they are
         # freed (and their clients disconnected) after the current processing cycle.
@@ -116,12 +117,17 @@ class CAServer(cas.caServer):
                 if found is None:
                     return cas.S_casApp_pvNotFound
                 pv, field = found
-                return pv if field is None else pv.field_pv(field)
-            pv = self.relay.registry.attach(name)
+                if field is not None:
+                    return pv.field_pv(field)
+            else:
+                pv = self.relay.registry.attach(name)
         except Refused as refused:
             self.report(refused, "CA connect")
             return cas.S_casApp_pvNotFound
-        return pv if pv is not None else cas.S_casApp_pvNotFound
+        if pv is None:
+            return cas.S_casApp_pvNotFound
+        pv.ca_attached = True  # until pcas calls destroy (ca_released)
+        return pv
 
     def _field(self, name: str) -> tuple[ServedPV, Field | None] | None:
         """(PV, field) for ``NAME.FIELD`` (field None for VAL); None if not ours.
@@ -147,16 +153,25 @@ class CAServer(cas.caServer):
         try:
             if self.relay.registry.lookup(spec.name) is not pv:
                 raise Refused(Reason.NO_SUCH_PV, f"{spec.name} was deleted")
-            raw = ca_gdd.extract(value, spec)
-            now = time.monotonic()
-            _, alarm_changed = self.relay.put_spec(spec, raw, time.time_ns(), now)
+            self.client_put(spec, ca_gdd.extract(value, spec))
         except Refused as refused:
             return self.report(refused, put_source(client))
-        self.applied(pv, DBE_ALL if alarm_changed else DBE_VALUE_LOG, now)
         return cas.S_casApp_success
 
+    def client_put(self, spec: PVSpec, raw: object, ts_ns: int | None = None,
+                   meta: dict | None = None) -> ServedPV:
+        """A client's put (CA or PVA): converted, applied (the PV made if needed) and
+        posted; `Refused` if not. `ts_ns` None: the time of arrival."""
+        now = time.monotonic()
+        pv, alarm_changed = self.relay.put_spec(
+            spec, raw, time.time_ns() if ts_ns is None else ts_ns, now, meta)
+        mask = DBE_ALL if alarm_changed else DBE_VALUE_LOG
+        self.applied(pv, mask | DBE_PROPERTY if meta else mask, now)
+        return pv
+
     def ca_released(self, pv: ServedPV) -> None:
-        if self.relay.registry.release(pv):
+        pv.ca_attached = False
+        if pv.pva is None and self.relay.registry.release(pv):
             self._graveyard.append(pv)
 
     def ca_field_put(self, field_pv: FieldPV, client: Any, value: cas.gdd) -> int:
@@ -191,6 +206,8 @@ class CAServer(cas.caServer):
         attributes changed with the value. `stamp` is the value's time stamp when the
         caller has it made already.
         """
+        if pv.pva is not None:
+            self.pva.update(pv, mask)
         if mask & DBE_PROPERTY:
             pv.post_property()
             mask &= ~DBE_PROPERTY
@@ -224,6 +241,8 @@ class CAServer(cas.caServer):
     def meta_changed(self, pv: ServedPV, alarm_changed: bool, now: float) -> None:
         """`pv`'s attributes changed: tell DBE_PROPERTY monitors, and the rest if needed."""
         pv.post_property()
+        if pv.pva is not None:
+            self.pva.update(pv, DBE_ALL | DBE_PROPERTY)
         if self.autosaver is not None:
             self.autosaver.touch(pv.state)
         if alarm_changed:
@@ -240,6 +259,8 @@ class CAServer(cas.caServer):
             pv = self.relay.registry.get(state.spec.name)
             if pv is not None and pv.state is state:
                 pv.post(cas.DBE_ALARM | DBE_VALUE_LOG)
+                if pv.pva is not None:
+                    self.pva.update(pv, cas.DBE_ALARM)
 
     # --- the relay's own work ------------------------------------------------------
 
@@ -250,6 +271,8 @@ class CAServer(cas.caServer):
         if self.autosaver is not None:
             self.autosaver.forget(pv.state.spec.name)
         self._graveyard.append(pv)
+        if pv.pva is not None:
+            self.pva.deleted(pv)
         if pv.fields:
             self._graveyard.extend(pv.fields.values())
             pv.fields = None  # break the PV <-> field cycle so both are freed now

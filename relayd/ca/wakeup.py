@@ -28,10 +28,11 @@ RESEND = 0.0005
 
 
 class Wakeup:
-    """Interrupts the main thread's CA wait whenever `fd` is readable."""
+    """Interrupts the main thread's CA wait whenever one of `fds` is readable (the pipe,
+    and the pvAccess request queue's self-pipe)."""
 
-    def __init__(self, fd: int):
-        self._fd = fd
+    def __init__(self, *fds: int):
+        self._fds = list(fds)
         self._main = threading.main_thread().ident
         self._condition = threading.Condition()
         self._waiting = False
@@ -62,7 +63,7 @@ class Wakeup:
 
     def _run(self) -> None:
         while True:
-            readable, _, _ = select.select([self._fd, self._stop_r], [], [])
+            readable, _, _ = select.select([*self._fds, self._stop_r], [], [])
             if self._stop_r in readable:
                 return
             with self._condition:
@@ -72,7 +73,7 @@ class Wakeup:
                     self._condition.wait()
                 if self._stopping:
                     return
-            if not select.select([self._fd], [], [], 0)[0]:
+            if not select.select(self._fds, [], [], 0)[0]:
                 continue  # drained before the loop began to wait: nothing to wake for
             with self._condition:
                 while self._waiting and not self._stopping:

@@ -24,7 +24,8 @@ class Reason(enum.Enum):
     NO_SUCH_PV = "noSuchPV"                 # delete of a name that holds no PV
     READ_ONLY = "readOnly"                  # put to a status PV
     MALFORMED = "malformed"                 # a message that does not decode
-    AUTH_DENIED = "authDenied"              # a ZMQ connection refused by CURVE/allow-list
+    AUTH_DENIED = "authDenied"              # a ZMQ connection refused by CURVE/allow-list,
+                                            # or a PVA put the access rules deny
     BYTES_LIMIT = "bytesLimit"              # the relay already holds its most bytes
     INTERNAL = "internal"                   # a bug in relayd; logged with a traceback
 
@@ -52,7 +53,7 @@ _DESCRIPTIONS = {
     Reason.READ_ONLY: "the target is read-only (a put to a status PV or to a read-only field)",
     Reason.MALFORMED: "a message does not decode",
     Reason.AUTH_DENIED: "a ZMQ connection was refused (an unknown CURVE key, or an address not "
-                        "in --zmq-allow)",
+                        "in --zmq-allow), or the access security rules deny a pvAccess put",
     Reason.BYTES_LIMIT: "the PVs would hold more than --max-total-bytes",
     Reason.INTERNAL: "relayd hit an internal error (logged with a traceback)",
 }

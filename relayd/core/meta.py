@@ -93,8 +93,11 @@ def _refuse(name: str, why: str) -> Refused:
     return Refused(Reason.BAD_VALUE, f"{name.upper()}: {why}")
 
 
-def _decode(raw: bytes) -> str:
-    """Text from bytes: UTF-8, or else Latin-1, the usual EPICS charset ("\xb5m" is µm)."""
+def decode_text(raw: bytes) -> str:
+    """Text from bytes: UTF-8, or else Latin-1, the usual EPICS charset ("\xb5m" is µm).
+
+    Also how a text PV's bytes are served as a pvAccess string (`relayd.pva.nt`).
+    """
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -103,7 +106,7 @@ def _decode(raw: bytes) -> str:
 
 def _string(name: str, value: object) -> str:
     if isinstance(value, (bytes, bytearray)):
-        value = _decode(bytes(value).split(b"\0", 1)[0])
+        value = decode_text(bytes(value).split(b"\0", 1)[0])
     if not isinstance(value, str):
         raise _refuse(name, f"{value!r} is not text")
     # Bytes that were not UTF-8 reach us from CA as lone surrogates: recover them.
@@ -111,7 +114,7 @@ def _string(name: str, value: object) -> str:
         raw = value.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         raw = value.encode("utf-8", "replace")
-    value = _decode(raw)
+    value = decode_text(raw)
     if len(value.encode("utf-8")) > STRING_SIZE:
         raise _refuse(name, f"longer than {STRING_SIZE} bytes")
     return value

@@ -33,6 +33,8 @@ class Stats:
         self.restarts: dict[str, int] = {}
         # autosave, as its writer reports it (an `autosave.AutosaveStatus`), if enabled
         self.autosave: Any = None
+        # pvAccess, as its bridge reports it (a `relayd.pva.bridge.PVAStatus`), if served
+        self.pva: Any = None
         self.restored = 0  # PVs restored at start
 
     def count_refusal(self, refused: Refused, source: str) -> str:

@@ -29,9 +29,17 @@ class StatusPV:
     compute: Callable[[Relay, float], object]
 
 
+def _of(part: object, name: str, default: object) -> object:
+    """`name` of a part that reports its own status (autosave, PVA); `default` while off."""
+    return default if part is None else getattr(part, name)
+
+
 def _autosave(relay: Relay, name: str, default: object) -> object:
-    status = relay.stats.autosave
-    return default if status is None else getattr(status, name)
+    return _of(relay.stats.autosave, name, default)
+
+
+def _pva(relay: Relay, name: str, default: object) -> object:
+    return _of(relay.stats.pva, name, default)
 
 
 def _reason_pv(reason: Reason) -> StatusPV:
@@ -101,4 +109,24 @@ STATUS_PVS: tuple[StatusPV, ...] = (
                  :LAST_REFUSAL_LENGTH]),
     StatusPV("status:autosave:restored", Kind.INT, 1, "PVs restored from autosave at start",
              lambda relay, started: relay.stats.restored),
+    StatusPV("status:pva:enabled", Kind.INT, 1, "1 when the PVs are also served over pvAccess",
+             lambda relay, started: int(relay.stats.pva is not None)),
+    StatusPV("status:pva:port", Kind.INT, 1, "TCP port pvAccess is served on (0: off)",
+             lambda relay, started: int(_pva(relay, "port", 0))),
+    StatusPV("status:pva:channels", Kind.INT, 1,
+             "names with a pvAccess channel (PVs, placeholders and the relay's own PVs "
+             "watched over PVA)",
+             lambda relay, started: int(_pva(relay, "channels", 0))),
+    StatusPV("status:pva:accepted", Kind.FLOAT, 1, "puts accepted over pvAccess",
+             lambda relay, started: float(_pva(relay, "accepted", 0))),
+    StatusPV("status:pva:refused", Kind.FLOAT, 1, "puts refused over pvAccess",
+             lambda relay, started: float(_pva(relay, "refused", 0))),
+    StatusPV("status:pva:requests", Kind.FLOAT, 1,
+             "requests pvAccess threads handed to the CA loop (new channels, puts, last "
+             "disconnections)",
+             lambda relay, started: float(_pva(relay, "requests", 0))),
+    StatusPV("status:pva:lag", Kind.FLOAT, 1,
+             "longest time a pvAccess request waited for the CA loop in the last status "
+             "interval, seconds",
+             lambda relay, started: round(float(_pva(relay, "lag", 0.0)), 6)),
 ) + tuple(_reason_pv(reason) for reason in Reason)

@@ -35,12 +35,13 @@ class Relay(Generic[PV]):
         """
         return self.put_spec(self.grammar.spec_for(name), raw, ts_ns, now)
 
-    def put_spec(self, spec: PVSpec, raw: object, ts_ns: int, now: float = 0.0
-                 ) -> tuple[PV, bool]:
-        """Put `raw` to the PV described by `spec` (its name already parsed)."""
+    def put_spec(self, spec: PVSpec, raw: object, ts_ns: int, now: float = 0.0,
+                 meta: dict | None = None) -> tuple[PV, bool]:
+        """Put `raw` to the PV described by `spec` (its name already parsed), with
+        attribute changes `meta` already checked (a PVA put may carry both)."""
         stored = convert(spec, raw)
         pv = self.registry.ensure(spec)
-        return pv, self.apply(pv, stored, ts_ns, now)
+        return pv, self.apply(pv, stored, ts_ns, now, meta)
 
     def ensure(self, name: str) -> PV:
         """The PV of the full name `name`, made if needed, for a value already converted.

@@ -6,7 +6,8 @@ rules keep it that way, checked on the source (AST), not by importing it:
 
 * `relayd/core` imports only the standard library, numpy, msgpack and itself, and none
   of the standard library's I/O and concurrency modules: it holds rules, not I/O.
-* Only `relayd/ca` imports pcaspy; nothing in `relayd` imports `workers`.
+* Only `relayd/ca` imports pcaspy, only `relayd/pva` imports p4p; nothing in `relayd`
+  imports `workers`.
 * No circle of imports among relayd's and the workers' modules (function-level imports
   count: they are circles that merely happen later).
 * No module over MAX_MODULE_LINES lines, no function over MAX_FUNCTION_LINES.
@@ -142,12 +143,22 @@ def core_violations(modules: dict[str, Module]) -> list[str]:
     return problems
 
 
-def pcaspy_violations(modules: dict[str, Module]) -> list[str]:
+def shell_violations(modules: dict[str, Module], library: str, shell: str) -> list[str]:
+    """Imports of `library` from outside the shell package `shell`, its only user."""
     return [
         f"{module.name}:{line} imports {name}"
-        for module in modules.values() if not module.name.startswith("relayd.ca")
-        for name, line in imported_names(module) if name.split(".")[0] == "pcaspy"
+        for module in modules.values()
+        if module.name != shell and not module.name.startswith(shell + ".")
+        for name, line in imported_names(module) if name.split(".")[0] == library
     ]
+
+
+def pcaspy_violations(modules: dict[str, Module]) -> list[str]:
+    return shell_violations(modules, "pcaspy", "relayd.ca")
+
+
+def p4p_violations(modules: dict[str, Module]) -> list[str]:
+    return shell_violations(modules, "p4p", "relayd.pva")
 
 
 def workers_violations(modules: dict[str, Module]) -> list[str]:
@@ -197,6 +208,10 @@ def test_the_core_does_no_io_and_uses_no_pcaspy_or_zmq(modules) -> None:
 
 def test_only_the_ca_shell_imports_pcaspy(modules) -> None:
     assert pcaspy_violations(modules) == []
+
+
+def test_only_the_pva_shell_imports_p4p(modules) -> None:
+    assert p4p_violations(modules) == []
 
 
 def test_relayd_never_imports_the_workers(modules) -> None:
@@ -253,6 +268,15 @@ def test_pcaspy_outside_the_ca_shell_is_caught(tmp_path) -> None:
     tree = make_tree(tmp_path, {"relayd/ca/ok.py": "from pcaspy import cas\n",
                                 "relayd/store/bad.py": "def f():\n    import pcaspy\n"})
     assert pcaspy_violations(tree) == ["relayd.store.bad:2 imports pcaspy"]
+
+
+def test_p4p_outside_the_pva_shell_is_caught(tmp_path) -> None:
+    tree = make_tree(tmp_path, {"relayd/pva/ok.py": "from p4p import Value\n",
+                                "relayd/ca/bad.py": "import p4p.server\n",
+                                "relayd/pvax.py": "from p4p.nt import NTScalar\n"})
+    assert p4p_violations(tree) == ["relayd.ca.bad:1 imports p4p.server",
+                                    "relayd.pvax:1 imports p4p.nt",
+                                    "relayd.pvax:1 imports p4p.nt.NTScalar"]
 
 
 def test_relayd_importing_a_worker_is_caught(tmp_path) -> None:
