@@ -21,7 +21,9 @@ Conversions:
   in int32 is refused (a C cast would be undefined behaviour).
 * ``c`` takes text: str (stored UTF-8 encoded) or bytes, NUL-terminated or not; the text
   ends at the first NUL. A sequence of byte values 0..255 is taken as text too, as CA
-  char arrays arrive that way.
+  char arrays arrive that way: a list of ints, or an integer array of any dtype (a packed
+  array), with the same verdict for the same values (a negative one is refused, never
+  wrapped).
 * A scalar PV takes a number or a one-element sequence. Strings are never parsed as
   numbers here: a string sent to a numeric PV is refused.
 * An array or buffer put may hold fewer elements than the PV's count, never more.
@@ -134,11 +136,15 @@ def _text(spec: PVSpec, raw: object) -> bytes:
             raise _bad(spec, f"text that is not valid Unicode ({error.reason})")
     elif isinstance(raw, (bytes, bytearray, memoryview)):
         data = bytes(raw)
-    elif isinstance(raw, np.ndarray) and raw.dtype in (np.uint8, np.int8) and raw.ndim == 1:
+    elif isinstance(raw, np.ndarray) and raw.dtype.kind in "iu" and raw.ndim == 1:
+        # Byte values, as a list of ints would carry them: the same values get the same
+        # verdict whatever integer dtype packed them (an int8 -1 is refused, not 255).
+        if raw.size and (raw.min() < 0 or raw.max() > 255):
+            raise _bad(spec, "a byte value outside 0..255")
         data = raw.astype(np.uint8).tobytes()
-    elif isinstance(raw, (list, tuple)) and all(
-        type(b) is int and 0 <= b <= 255 for b in raw
-    ):
+    elif isinstance(raw, (list, tuple)) and all(type(b) is int for b in raw):
+        if not all(0 <= b <= 255 for b in raw):
+            raise _bad(spec, "a byte value outside 0..255")
         data = bytes(raw)
     else:
         raise _bad(spec, f"{_describe(raw)} is not text (str or bytes)")
