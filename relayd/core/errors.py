@@ -58,6 +58,20 @@ _DESCRIPTIONS = {
 }
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """`value` as a refusal text shows it: its repr, cut to `limit` characters.
+
+    Never raises (the repr of an int of more than 4,300 digits does, a Python limit) and
+    never floods a log line with a megabyte of someone's data.
+    """
+    try:
+        text = repr(value)
+    except ValueError:
+        text = (f"an integer of {value.bit_length()} bits" if isinstance(value, int)
+                else f"a {type(value).__name__} too large to show")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class BootError(Exception):
     """A process of relayd cannot start (bad config, address in use); the message is the
     one-line reason the supervisor reports before it stops."""

@@ -248,6 +248,16 @@ def test_text_refuses_byte_values_above_255_however_packed(dtype: str) -> None:
     assert info.value.reason is Reason.BAD_VALUE
 
 
+@pytest.mark.parametrize("suffix", ["f1", "i1", "f4", "i4", "F4", "c8"])
+@pytest.mark.parametrize("raw", [10**400, 10**5000, [10**5000], [1, 10**400]],
+                         ids=["1e400", "1e5000", "[1e5000]", "[1, 1e400]"])
+def test_huge_ints_are_refused_with_a_short_text(suffix: str, raw: object) -> None:
+    with pytest.raises(Refused) as info:
+        convert(spec(suffix), raw)
+    assert info.value.reason is Reason.BAD_VALUE
+    assert len(info.value.detail) < 120
+
+
 def test_text_buffer_uses_the_same_rules() -> None:
     assert convert(spec("C4"), "ab\0c") == b"ab"
     assert refused("C4", "abcde") is Reason.TOO_MANY_ELEMENTS
