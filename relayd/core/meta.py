@@ -75,6 +75,17 @@ class Meta:
             getattr(self, name) not in (None, 0, 0.0, "") for name in CTRL_FIELDS
         ))
 
+    def control_limits(self) -> tuple[float, float]:
+        """(low, high) served as DBR_CTRL control limits.
+
+        DRVL..DRVH once set (DRVH > DRVL: an ao record applies its drive limits only
+        then), else LOPR..HOPR, as the ai, longin and waveform records that RTYP names
+        serve them: a client (ophyd's ``limits``) then sees the display range, not 0..0.
+        """
+        if self.drvh > self.drvl:
+            return self.drvl, self.drvh
+        return self.lopr, self.hopr
+
     def changes(self) -> dict[str, object]:
         """The attributes that differ from the defaults, by lower-case field name."""
         return {

@@ -214,6 +214,21 @@ def test_a_huge_key_is_refused_and_shown_short() -> None:
     assert "unknown attribute an integer of 16610 bits" in info.value.detail
 
 
+@pytest.mark.parametrize("meta, limits", [
+    (Meta(), (0.0, 0.0)),
+    (Meta(hopr=100.0, lopr=-100.0), (-100.0, 100.0)),     # DRVH/DRVL unset: HOPR/LOPR
+    (Meta(hopr=100.0), (0.0, 100.0)),
+    (Meta(hopr=100.0, lopr=-100.0, drvh=50.0, drvl=-50.0), (-50.0, 50.0)),
+    (Meta(hopr=100.0, drvh=50.0), (0.0, 50.0)),            # DRVH > DRVL = 0: set
+    (Meta(lopr=-100.0, drvl=-5.0), (-5.0, 0.0)),           # DRVH 0 > DRVL -5: set
+    (Meta(hopr=100.0, drvh=5.0, drvl=5.0), (0.0, 100.0)),   # DRVH = DRVL: unset, as in ao
+    (Meta(hopr=100.0, drvh=-5.0, drvl=5.0), (0.0, 100.0)),  # DRVH < DRVL: unset
+])
+def test_control_limits_are_drvl_drvh_once_set_else_lopr_hopr(meta: Meta, limits: tuple
+                                                               ) -> None:
+    assert meta.control_limits() == limits
+
+
 # --- alarm limits --------------------------------------------------------------------------------
 
 
