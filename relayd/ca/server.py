@@ -35,21 +35,36 @@ from relayd.ca import gdd as ca_gdd
 
 log = logging.getLogger("relayd.ca")
 
-# The CA status a client gets back for each refusal. Clients report any of these as a
-# failed put (ECA_PUTFAIL); the reason itself is in the log and the status PVs.
 # Access security groups (ASG) of the relay's PVs; an ACF without one of them puts those
 # PVs in its DEFAULT group.
 ASG_RELAY = "RELAY"  # relay PVs, placeholders and their fields: write = create/put
 ASG_DELETE = "DELETE"  # <prefix>:delpv
 ASG_STATUS = "STATUS"  # <prefix>:pvlist and the status PVs (read-only anyway)
 
-PUT_STATUS = {
-    Reason.BAD_VALUE: cas.S_cas_noConvert,
-    Reason.TOO_MANY_ELEMENTS: cas.S_cas_badElementCount,
-    Reason.PV_LIMIT: cas.S_cas_noMemory,
-    Reason.NO_SUCH_PV: cas.S_casApp_pvNotFound,
-    Reason.READ_ONLY: cas.S_cas_noWrite,
+# The status `ca_put` returns for each refusal, chosen so that every CA client sees
+# ECA_PUTFAIL, as an IOC answers a put it refuses. A put with completion always gets
+# ECA_PUTFAIL from pcas, whatever the status; a plain put gets an exception message whose
+# code pcas derives from it: ECA_ALLOCMEM for S_cas_noMemory, ECA_NOCONVERT for
+# S_cas_noConvert, ECA_BADTYPE for S_cas_badType (PUT_STATUS holds none of them; a test
+# checks), ECA_PUTFAIL for the rest. The status's own text ("Requested op does not fit")
+# travels with it; the reason itself is in the log and the status PVs.
+_PUT_STATUS_BY_CODE = {
+    "badValue": cas.S_casApp_outOfBounds,        # "operation was out of bounds"
+    "tooManyElements": cas.S_cas_badElementCount,  # "Bad element count"
+    "pvLimit": cas.S_cas_hugeRequest,            # "Requested op does not fit"
+    "bytesLimit": cas.S_cas_hugeRequest,
+    "placeholderLimit": cas.S_cas_hugeRequest,
+    "countLimit": cas.S_cas_hugeRequest,
+    "nameTooLong": cas.S_cas_hugeRequest,
+    "noSuchPV": cas.S_casApp_pvNotFound,         # "PV not found"
+    "badName": cas.S_casApp_pvNotFound,
+    "wrongPrefix": cas.S_casApp_pvNotFound,
+    "readOnly": cas.S_cas_noWrite,               # "write access denied"
+    "malformed": cas.S_cas_badRequest,           # not from CA: "client's request was invalid"
+    "authDenied": cas.S_cas_noWrite,             # not from CA
+    "internal": cas.S_cas_internal,              # "Internal failure"
 }
+PUT_STATUS = {reason: _PUT_STATUS_BY_CODE[reason.code] for reason in Reason}
 
 
 class CAServer(cas.caServer):
@@ -87,7 +102,7 @@ class CAServer(cas.caServer):
         """Count and log (rate-limited) a refusal; return the CA status for it."""
         text = self.relay.stats.count_refusal(refused, source)
         self._refusals.warning(refused.reason, "refused %s", text)
-        return PUT_STATUS.get(refused.reason, cas.S_cas_noConvert)
+        return PUT_STATUS[refused.reason]
 
     # --- called by the CA server library -------------------------------------------
 

@@ -26,6 +26,7 @@ class Reason(enum.Enum):
     MALFORMED = "malformed"                 # a message that does not decode
     AUTH_DENIED = "authDenied"              # a ZMQ connection refused by CURVE/allow-list
     BYTES_LIMIT = "bytesLimit"              # the relay already holds its most bytes
+    WRONG_PREFIX = "wrongPrefix"            # shaped like a PV of another relay
     INTERNAL = "internal"                   # a bug in relayd; logged with a traceback
 
     @property
@@ -54,6 +55,8 @@ _DESCRIPTIONS = {
     Reason.AUTH_DENIED: "a ZMQ connection was refused (an unknown CURVE key, or an address not "
                         "in --zmq-allow)",
     Reason.BYTES_LIMIT: "the PVs would hold more than --max-total-bytes",
+    Reason.WRONG_PREFIX: "a name sent without the prefix has the shape of a full name under "
+                         "another prefix (send it with this relay's prefix)",
     Reason.INTERNAL: "relayd hit an internal error (logged with a traceback)",
 }
 

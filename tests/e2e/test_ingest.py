@@ -440,6 +440,12 @@ BAD_MESSAGES = [
      "'good.x_f1' is not"),
     ("delete-unknown", "with Client(endpoint) as r: r.delete('never_f1')", "noSuchPV",
      "never_f1"),
+    # Issue 11: a packed signed-byte array with negative values wrapped to 0..255.
+    ("packed-int8-to-c", "raw(pack({'pv': 'good_c20', 'value': "
+     "{'dtype': '|i1', 'data': bytes([104, 255])}}))", "badValue",
+     "a byte value outside 0..255"),
+    ("other-relays-name", "with Client(endpoint) as r: r.put('other:x_f1', 2.5)",
+     "wrongPrefix", "'other:x_f1' looks like a PV of a relay with prefix 'other'"),
 ]
 
 
