@@ -66,6 +66,8 @@ _PUT_STATUS_BY_CODE = {
 }
 PUT_STATUS = {reason: _PUT_STATUS_BY_CODE[reason.code] for reason in Reason}
 
+LEFT_OUT_SHOWN = 10  # saved rows left out at start that the log names one by one
+
 
 class CAServer(cas.caServer):
     """The CA server of one relay."""
@@ -88,6 +90,9 @@ class CAServer(cas.caServer):
         self.stale_watch = StaleWatch()
         self.autosaver: Autosaver | None = None  # set by the CA process when enabled
         self._refusals = RateLimitedLog(log)
+        # Deletes are logged like refusals: a script deleting 100,000 PVs must not write
+        # 100,000 lines (status:deleted counts them all).
+        self._deletes = RateLimitedLog(log)
         # PVs dropped while the CA library may still be inside a call on them; they are
         # freed (and their clients disconnected) after the current processing cycle.
         self._graveyard: list[Any] = []
@@ -223,6 +228,7 @@ class CAServer(cas.caServer):
         so a large store is not mistaken for a hung process).
         """
         now = time.monotonic()
+        stats = self.relay.stats
         for index, item in enumerate(saved):
             if index % 5000 == 4999:
                 progress()
@@ -230,11 +236,18 @@ class CAServer(cas.caServer):
                 spec, stored, ts_ns, meta = restore_pieces(item, self.relay.grammar)
                 pv = self.relay.restore(spec, stored, ts_ns, meta, now)
             except (Refused, ValueError, TypeError) as error:
-                log.error("autosave: cannot restore %s (%s); left out", item.label, error)
+                stats.left_out += 1
+                if stats.left_out <= LEFT_OUT_SHOWN:
+                    log.error("autosave: cannot restore %s (%s); left out", item.label, error)
                 continue
             if meta.tmo > 0:
                 self.stale_watch.watch(pv.state, now)
-        log.info("restored %d PVs", self.relay.stats.restored)
+        log.info("restored %d PVs", stats.restored)
+        if stats.left_out:
+            log.error("autosave: %d saved rows left out%s; they stay in the file until a PV of "
+                      "their name is made again (relayd autosave export names every one)",
+                      stats.left_out, f" (the first {LEFT_OUT_SHOWN} named above)"
+                      if stats.left_out > LEFT_OUT_SHOWN else "")
 
     def meta_changed(self, pv: ServedPV, alarm_changed: bool, now: float) -> None:
         """`pv`'s attributes changed: tell DBE_PROPERTY monitors, and the rest if needed."""
@@ -268,7 +281,8 @@ class CAServer(cas.caServer):
         if pv.fields:
             self._graveyard.extend(pv.fields.values())
             pv.fields = None  # break the PV <-> field cycle so both are freed now
-        log.info("deleted %s (%s)", pv.state.spec.name, source)
+        self._deletes.log(logging.INFO, "deleted", "deleted %s (%s)", pv.state.spec.name,
+                          source)
         return pv
 
     def end_cycle(self) -> None:

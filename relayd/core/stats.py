@@ -34,6 +34,7 @@ class Stats:
         # autosave, as its writer reports it (an `autosave.AutosaveStatus`), if enabled
         self.autosave: Any = None
         self.restored = 0  # PVs restored at start
+        self.left_out = 0  # saved rows that could not be restored at start
 
     def count_refusal(self, refused: Refused, source: str) -> str:
         """Count a refusal and return the one-line text that describes it."""
