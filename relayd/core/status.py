@@ -102,6 +102,6 @@ STATUS_PVS: tuple[StatusPV, ...] = (
     StatusPV("status:autosave:restored", Kind.INT, 1, "PVs restored from autosave at start",
              lambda relay, started: relay.stats.restored),
     StatusPV("status:autosave:leftOut", Kind.INT, 1,
-             "saved rows left out at start because they could not be restored (logged)",
+             "saved rows left out at start because they could not be restored",
              lambda relay, started: relay.stats.left_out),
 ) + tuple(_reason_pv(reason) for reason in Reason)
