@@ -63,6 +63,7 @@ class Config:
     zmq_allow: tuple = ()
     insecure: bool = False
     access_security: str = ""
+    strict_port: bool = False
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -149,6 +150,8 @@ HELP = {
                  "several (default: any address)",
     "insecure": "allow binding the ingest socket beyond loopback without CURVE",
     "access_security": "EPICS access security file (ACF) for every CA PV; see SECURITY.md",
+    "strict_port": "exit (code 3) instead of serving on a dynamic TCP port when the CA "
+                   "server port is taken by another program (default: serve, with a warning)",
 }
 
 

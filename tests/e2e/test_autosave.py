@@ -128,7 +128,7 @@ def new_ca_process(relay: RelayProcess, old: int) -> int:
 
 def restore_came_before_serving(log: str) -> bool:
     """In the log of one CA process start: restored first, then served, then ready."""
-    restored, serving = log.rfind("restored "), log.rfind("serving PVs ")
+    restored, serving = log.rfind("restored "), log.rfind("serving CA on ")
     return -1 < restored < serving < log.rfind("ca-server ready")
 
 
