@@ -112,22 +112,10 @@ def callback_put_status(client: Any, name: str, value: float) -> int:
     if client.label == "caproto":
         response = client.pv(name).write([value], wait=True, timeout=DEFAULT_TIMEOUT)
         return int(response.header.parameter1)
-    chid = client.pv(name).chid
-    ftype = client.ca.field_type(chid)
-    done = threading.Event()
-    result: dict[str, int] = {}
-
-    def on_done(args: Any) -> None:
-        result["status"] = args.status
-        done.set()
-
-    callback = client.epics.dbr.make_callback(on_done, client.epics.dbr.event_handler_args)
+    ftype = client.ca.field_type(client.pv(name).chid)
     data = (1 * client.epics.dbr.Map[ftype])(value)
     with LibcaExceptions(client):  # pcas adds an exception message: keep it off stderr
-        assert client.ca.libca.ca_array_put_callback(ftype, 1, chid, data, callback, 0) == 1
-        client.ca.flush_io()
-        assert done.wait(DEFAULT_TIMEOUT), f"the put to {name} did not complete"
-    return result["status"]
+        return client.put_dbr_status(name, ftype, 1, data)
 
 
 PUT_KINDS = {"plain": plain_put_status, "callback": callback_put_status}
