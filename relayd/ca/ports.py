@@ -121,7 +121,7 @@ def search_answers(datagram: bytes, sender: str) -> list[str]:
     return found
 
 
-# --- before the CA server exists ---------------------------------------------------------------
+# --- before the CA server exists ---------------------------------------------------------
 
 
 def broadcast_addresses() -> list[str]:
@@ -222,7 +222,7 @@ def check_before_serving(prefix: str, env: CAEnv) -> frozenset:
     return bound_sockets()
 
 
-# --- after the CA server is made ---------------------------------------------------------------
+# --- after the CA server is made ---------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -247,16 +247,17 @@ def check_served(before: frozenset, env: CAEnv, strict: bool) -> Served:
     tcp = sorted((port, address) for kind, address, port in new if kind == "TCP")
     udp = sorted((port, address) for kind, address, port in new if kind == "UDP")
     ports = sorted({port for port, _ in tcp})
+    dynamic = [port for port in ports if port != env.server_port]  # on some interface
     served = Served(tuple(f"{a}:{p}" for p, a in tcp), tuple(f"{a}:{p}" for p, a in udp),
-                    ports[0] if ports else 0, bool(ports) and env.server_port not in ports)
+                    (dynamic or ports or [0])[0], bool(dynamic))
     if served.taken:
         message = (
             f"CA server port {env.server_port} is in use by another program: serving on "
-            f"dynamic TCP port {', '.join(map(str, ports))} instead. CA searches sent to this "
-            f"host by unicast (an EPICS_CA_ADDR_LIST entry naming it) reach only one of the "
-            f"servers sharing UDP port {env.server_port}, so clients may miss this relay or "
-            f"the other server; give clients broadcast search addresses, or give this relay "
-            f"its own EPICS_CAS_SERVER_PORT")
+            f"dynamic TCP port {', '.join(map(str, dynamic))} instead. CA searches sent "
+            f"to this host by unicast (an EPICS_CA_ADDR_LIST entry naming it) reach only "
+            f"one of the servers sharing UDP port {env.server_port}, so clients may miss "
+            f"this relay or the other server; give clients broadcast search addresses, or "
+            f"give this relay its own EPICS_CAS_SERVER_PORT")
         if strict:
             raise BootError(message + " (--strict-port refuses to serve so)")
         log.warning("%s", message)
