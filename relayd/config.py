@@ -64,6 +64,7 @@ class Config:
     insecure: bool = False
     access_security: str = ""
     no_pva: bool = False
+    strict_port: bool = False
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -151,6 +152,8 @@ HELP = {
     "insecure": "allow binding the ingest socket beyond loopback without CURVE",
     "access_security": "EPICS access security file (ACF) for every CA PV; see SECURITY.md",
     "no_pva": "do not serve the PVs over pvAccess (PVA, EPICS 7); see docs/PVA.md",
+    "strict_port": "exit (code 3) instead of serving on a dynamic TCP port when the CA "
+                   "server port is taken by another program (default: serve, with a warning)",
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -22,6 +22,17 @@ def setup(level: str | int = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper() if isinstance(level, str) else level)
     root.propagate = False
+
+
+def serving(way: str, where: Iterable[str], *notes: str) -> str:
+    """The start-up line of one way in: ``serving WAY on WHERE, WHERE (NOTE; NOTE)``.
+
+    Each process logs one such line per way in it serves, once it serves it (the CA
+    process for CA, the ingest worker for ZMQ, and so on for each new way in), so that
+    ``grep 'serving '`` shows every address a relay can be reached at, and how.
+    """
+    shown = f" ({'; '.join(notes)})" if notes else ""
+    return f"serving {way} on {', '.join(where) or 'nothing'}{shown}"
 
 
 class RateLimitedLog:

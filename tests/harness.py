@@ -412,6 +412,12 @@ class PyepicsClient:
                 timeout: float = DEFAULT_TIMEOUT) -> bool:
         """``ca_array_put_callback`` of a ready ctypes buffer as DBR type `ftype`; True
         when the server accepted it (the put's completion status)."""
+        return self.put_dbr_status(name, ftype, count, data, timeout) == ECA_NORMAL
+
+    def put_dbr_status(self, name: str, ftype: int, count: int, data: Any,
+                       timeout: float = DEFAULT_TIMEOUT) -> int:
+        """As `put_dbr`, but the ECA code: the put's completion status, or why libca
+        would not send it."""
         done = threading.Event()
         result: dict[str, int] = {}
 
@@ -423,11 +429,11 @@ class PyepicsClient:
         chid = self.pv(name).chid
         status = self.ca.libca.ca_array_put_callback(ftype, count, chid, data, callback, 0)
         if status != ECA_NORMAL:
-            return False
+            return status
         self.ca.flush_io()
         if not done.wait(timeout):
             raise TimeoutError(f"pyepics put to {name} did not complete")
-        return result["status"] == ECA_NORMAL
+        return result["status"]
 
     def put_nowait(self, name: str, value: Any) -> None:
         self.pv(name).put(value, wait=False)

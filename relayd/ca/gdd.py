@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from pcaspy import _cas, cas
 
+from relayd.core.meta import Meta
 from relayd.core.names import Kind, PVSpec
 from relayd.core.pvstate import PVState
 
@@ -133,9 +134,15 @@ CTRL_APP = {Kind.FLOAT: 34, Kind.INT: 33, Kind.CHAR: 32}
 # double 34); they share the layout up to the control limits.
 CTRL_APPS_ALL = frozenset({29, 30, 32, 33, 34})
 CTRL_VALUE = {Kind.FLOAT: 11, Kind.INT: 10, Kind.CHAR: 10}
-CTRL_LIMITS = ((2, "low"), (3, "high"), (4, "lolo"), (5, "hihi"),
-               (6, "drvl"), (7, "drvh"), (8, "lopr"), (9, "hopr"))
-CONTROL_LOW, CONTROL_HIGH = 6, 7
+CTRL_LIMITS = ((2, "low"), (3, "high"), (4, "lolo"), (5, "hihi"), (8, "lopr"), (9, "hopr"))
+CONTROL_LOW, CONTROL_HIGH = 6, 7  # from `Meta.control_limits`
+
+
+def put_control_limits(container: cas.gdd, meta: Meta) -> None:
+    """The control limits of a DBR_CTRL container (see `Meta.control_limits`)."""
+    low, high = meta.control_limits()
+    container[CONTROL_LOW].putConvertNumeric(low)
+    container[CONTROL_HIGH].putConvertNumeric(high)
 
 
 def ctrl_event(state: PVState, stamp: cas.epicsTimeStamp | None = None) -> cas.gdd:
@@ -152,6 +159,7 @@ def ctrl_event(state: PVState, stamp: cas.epicsTimeStamp | None = None) -> cas.g
     for index, name in CTRL_LIMITS:
         limit = getattr(meta, name)
         container[index].putConvertNumeric(0.0 if limit is None else limit)
+    put_control_limits(container, meta)
     if kind is Kind.FLOAT:
         container[10].putConvertNumeric(meta.prec)
     fill(container[CTRL_VALUE[kind]], state, stamp)

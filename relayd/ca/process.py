@@ -20,11 +20,9 @@ and exits.
 
 from __future__ import annotations
 
-import errno
 import gc
 import logging
 import os
-import socket
 import time
 
 from pcaspy import cas
@@ -32,6 +30,7 @@ from pcaspy import cas
 from relayd.store.sqlite import Store
 from relayd.store.writer import Autosaver
 from relayd.ca.access import PutAccess
+from relayd.ca import ports
 from relayd.ca.apply import PipeIngest
 from relayd.ca.server import CAServer
 from relayd.config import Config
@@ -41,6 +40,7 @@ from relayd.supervise.child import ChildEnv
 from relayd.supervise.pipe import PipeReader, backlog
 from relayd.ca.wakeup import Wakeup
 from relayd.pva import serve as pva
+from relayd.logs import serving
 
 log = logging.getLogger("relayd.ca")
 
@@ -53,31 +53,6 @@ DRAIN_ON_STOP = 2.0  # seconds allowed to apply what is left in the pipe when st
 # The garbage collector is told to leave the PVs alone (`gc.freeze`) after restore and
 # each time the relay holds this many PVs more than ever before.
 FREEZE_STEP = 1000
-
-
-def check_ca_port(environ: dict[str, str] = os.environ) -> None:
-    """Fail with a one-line reason if pcas could not bind its UDP port.
-
-    pcas aborts the whole process (an uncaught C++ exception) when it cannot bind, which
-    the supervisor could not tell from a crash. Binding the same way first (with
-    SO_REUSEADDR, as pcas does, so that several CA servers may share the port) turns
-    that into a clear boot failure.
-    """
-    port = int(environ.get("EPICS_CAS_SERVER_PORT") or environ.get("EPICS_CA_SERVER_PORT") or 5064)
-    interfaces = (environ.get("EPICS_CAS_INTF_ADDR_LIST") or "0.0.0.0").split()
-    for interface in interfaces:
-        host = interface.split(":")[0]
-        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-        except OSError as error:
-            reason = os.strerror(error.errno) if error.errno else str(error)
-            if error.errno == errno.EADDRINUSE:
-                reason += " by a program that does not share it"
-            raise BootError(f"cannot use CA port {host}:{port}: {reason}") from None
-        finally:
-            probe.close()
 
 
 def run(env: ChildEnv) -> None:
@@ -98,10 +73,14 @@ class CALoop:
         config = self.config = env.config
         self.env = env
         raise_max_array_bytes(config)
-        check_ca_port()
+        ca_env = ports.CAEnv.read()
+        bound = ports.check_before_serving(config.prefix, ca_env)
         load_access_security(config)
         self.store = open_store(config)
         server = self.server = CAServer(config)
+        self.served = ports.check_served(bound, ca_env, config.strict_port)
+        server.relay.stats.ca_port = self.served.port
+        server.relay.stats.ca_port_taken = self.served.taken
         if self.store is not None:
             saved = self.store.load()
             server.restore(saved, progress=lambda: env.lifeline.send(beat=True))
@@ -134,8 +113,11 @@ class CALoop:
 
     def serve(self) -> None:
         """Turn until told to stop or the supervisor has gone."""
-        log.info("serving PVs %s:<name>_<dtype><count> over Channel Access",
-                 self.config.prefix)
+        config = self.config
+        saved = (f"autosave {config.autosave_path} every {config.autosave_interval:g} s"
+                 if self.store is not None else "autosave off")
+        log.info("%s", serving("CA", self.served.where(),
+                               f"PVs {config.prefix}:<name>_<dtype><count>", saved))
         self.env.lifeline.send(ready=True)
         empty = True
         stopping = self.env.stopping

@@ -185,13 +185,11 @@ class ServedPV(MonitoredPV):
     @guarded(cas.S_cas_internal)
     def read(self, ctx: Any, prototype: cas.gdd) -> int:
         # pcaspy's read fills DBR_GR/DBR_CTRL from the get* methods below, but asks the
-        # same getHighLimit/getLowLimit for display and control limits; put DRVH/DRVL
-        # in the control slots afterwards.
+        # same getHighLimit/getLowLimit for display and control limits; put the control
+        # limits in their slots afterwards.
         status = cas.PV.read(self, ctx, prototype)
         if status == cas.S_casApp_success and prototype.applicationType() in _CTRL_APPS:
-            meta = self.state.meta
-            prototype[ca_gdd.CONTROL_LOW].putConvertNumeric(meta.drvl)
-            prototype[ca_gdd.CONTROL_HIGH].putConvertNumeric(meta.drvh)
+            ca_gdd.put_control_limits(prototype, self.state.meta)
         return status
 
     @guarded(cas.S_casApp_success)

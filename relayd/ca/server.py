@@ -35,21 +35,38 @@ from relayd.ca import gdd as ca_gdd
 
 log = logging.getLogger("relayd.ca")
 
-# The CA status a client gets back for each refusal. Clients report any of these as a
-# failed put (ECA_PUTFAIL); the reason itself is in the log and the status PVs.
 # Access security groups (ASG) of the relay's PVs; an ACF without one of them puts those
 # PVs in its DEFAULT group.
 ASG_RELAY = "RELAY"  # relay PVs, placeholders and their fields: write = create/put
 ASG_DELETE = "DELETE"  # <prefix>:delpv
 ASG_STATUS = "STATUS"  # <prefix>:pvlist and the status PVs (read-only anyway)
 
-PUT_STATUS = {
-    Reason.BAD_VALUE: cas.S_cas_noConvert,
-    Reason.TOO_MANY_ELEMENTS: cas.S_cas_badElementCount,
-    Reason.PV_LIMIT: cas.S_cas_noMemory,
-    Reason.NO_SUCH_PV: cas.S_casApp_pvNotFound,
-    Reason.READ_ONLY: cas.S_cas_noWrite,
+# The status `ca_put` returns for each refusal, chosen so that every CA client sees
+# ECA_PUTFAIL, as an IOC answers a put it refuses. A put with completion always gets
+# ECA_PUTFAIL from pcas, whatever the status; a plain put gets an exception message whose
+# code pcas derives from it: ECA_ALLOCMEM for S_cas_noMemory, ECA_NOCONVERT for
+# S_cas_noConvert, ECA_BADTYPE for S_cas_badType (PUT_STATUS holds none of them; a test
+# checks), ECA_PUTFAIL for the rest. The status's own text ("Requested op does not fit")
+# travels with it; the reason itself is in the log and the status PVs.
+_PUT_STATUS_BY_CODE = {
+    "badValue": cas.S_casApp_outOfBounds,        # "operation was out of bounds"
+    "tooManyElements": cas.S_cas_badElementCount,  # "Bad element count"
+    "pvLimit": cas.S_cas_hugeRequest,            # "Requested op does not fit"
+    "bytesLimit": cas.S_cas_hugeRequest,
+    "placeholderLimit": cas.S_cas_hugeRequest,
+    "countLimit": cas.S_cas_hugeRequest,
+    "nameTooLong": cas.S_cas_hugeRequest,
+    "noSuchPV": cas.S_casApp_pvNotFound,         # "PV not found"
+    "badName": cas.S_casApp_pvNotFound,
+    "wrongPrefix": cas.S_casApp_pvNotFound,
+    "readOnly": cas.S_cas_noWrite,               # "write access denied"
+    "malformed": cas.S_cas_badRequest,           # not from CA: "client's request was invalid"
+    "authDenied": cas.S_cas_noWrite,             # not from CA
+    "internal": cas.S_cas_internal,              # "Internal failure"
 }
+PUT_STATUS = {reason: _PUT_STATUS_BY_CODE[reason.code] for reason in Reason}
+
+LEFT_OUT_SHOWN = 10  # saved rows left out at start that the log names one by one
 
 
 class CAServer(cas.caServer):
@@ -74,6 +91,9 @@ class CAServer(cas.caServer):
         self.autosaver: Autosaver | None = None  # set by the CA process when enabled
         self.pva: Any = None  # the pvAccess bridge (relayd.pva), set by the CA process
         self._refusals = RateLimitedLog(log)
+        # Deletes are logged like refusals: a script deleting 100,000 PVs must not write
+        # 100,000 lines (status:deleted counts them all).
+        self._deletes = RateLimitedLog(log)
         # PVs dropped while the CA library may still be inside a call on them; they are
         # freed (and their clients disconnected) after the current processing cycle.
         self._graveyard: list[Any] = []
@@ -88,7 +108,7 @@ class CAServer(cas.caServer):
         """Count and log (rate-limited) a refusal; return the CA status for it."""
         text = self.relay.stats.count_refusal(refused, source)
         self._refusals.warning(refused.reason, "refused %s", text)
-        return PUT_STATUS.get(refused.reason, cas.S_cas_noConvert)
+        return PUT_STATUS[refused.reason]
 
     # --- called by the CA server library -------------------------------------------
 
@@ -225,6 +245,7 @@ class CAServer(cas.caServer):
         so a large store is not mistaken for a hung process).
         """
         now = time.monotonic()
+        stats = self.relay.stats
         for index, item in enumerate(saved):
             if index % 5000 == 4999:
                 progress()
@@ -232,11 +253,18 @@ class CAServer(cas.caServer):
                 spec, stored, ts_ns, meta = restore_pieces(item, self.relay.grammar)
                 pv = self.relay.restore(spec, stored, ts_ns, meta, now)
             except (Refused, ValueError, TypeError) as error:
-                log.error("autosave: cannot restore %s (%s); left out", item.label, error)
+                stats.left_out += 1
+                if stats.left_out <= LEFT_OUT_SHOWN:
+                    log.error("autosave: cannot restore %s (%s); left out", item.label, error)
                 continue
             if meta.tmo > 0:
                 self.stale_watch.watch(pv.state, now)
-        log.info("restored %d PVs", self.relay.stats.restored)
+        log.info("restored %d PVs", stats.restored)
+        if stats.left_out:
+            log.error("autosave: %d saved rows left out%s; they stay in the file until a PV of "
+                      "their name is made again (relayd autosave export names every one)",
+                      stats.left_out, f" (the first {LEFT_OUT_SHOWN} named above)"
+                      if stats.left_out > LEFT_OUT_SHOWN else "")
 
     def meta_changed(self, pv: ServedPV, alarm_changed: bool, now: float) -> None:
         """`pv`'s attributes changed: tell DBE_PROPERTY monitors, and the rest if needed."""
@@ -276,7 +304,8 @@ class CAServer(cas.caServer):
         if pv.fields:
             self._graveyard.extend(pv.fields.values())
             pv.fields = None  # break the PV <-> field cycle so both are freed now
-        log.info("deleted %s (%s)", pv.state.spec.name, source)
+        self._deletes.log(logging.INFO, "deleted", "deleted %s (%s)", pv.state.spec.name,
+                          source)
         return pv
 
     def end_cycle(self) -> None:

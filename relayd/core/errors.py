@@ -27,6 +27,7 @@ class Reason(enum.Enum):
     AUTH_DENIED = "authDenied"              # a ZMQ connection refused by CURVE/allow-list,
                                             # or a PVA put the access rules deny
     BYTES_LIMIT = "bytesLimit"              # the relay already holds its most bytes
+    WRONG_PREFIX = "wrongPrefix"            # shaped like a PV of another relay
     INTERNAL = "internal"                   # a bug in relayd; logged with a traceback
 
     @property
@@ -55,8 +56,24 @@ _DESCRIPTIONS = {
     Reason.AUTH_DENIED: "a ZMQ connection was refused (an unknown CURVE key, or an address not "
                         "in --zmq-allow), or the access security rules deny a pvAccess put",
     Reason.BYTES_LIMIT: "the PVs would hold more than --max-total-bytes",
+    Reason.WRONG_PREFIX: "a name sent without the prefix has the shape of a full name under "
+                         "another prefix (send it with this relay's prefix)",
     Reason.INTERNAL: "relayd hit an internal error (logged with a traceback)",
 }
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """`value` as a refusal text shows it: its repr, cut to `limit` characters.
+
+    Never raises (the repr of an int of more than 4,300 digits does, a Python limit) and
+    never floods a log line with a megabyte of someone's data.
+    """
+    try:
+        text = repr(value)
+    except ValueError:
+        text = (f"an integer of {value.bit_length()} bits" if isinstance(value, int)
+                else f"a {type(value).__name__} too large to show")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class BootError(Exception):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Callable
 
 from relayd.core import menus
-from relayd.core.errors import Reason, Refused
+from relayd.core.errors import Reason, Refused, shown
 from relayd.core.names import Kind, PVSpec
 
 STRING_SIZE = 39  # longest DBR_STRING, without its NUL
@@ -75,6 +75,17 @@ class Meta:
             getattr(self, name) not in (None, 0, 0.0, "") for name in CTRL_FIELDS
         ))
 
+    def control_limits(self) -> tuple[float, float]:
+        """(low, high) served as DBR_CTRL control limits.
+
+        DRVL..DRVH once set (DRVH > DRVL: an ao record applies its drive limits only
+        then), else LOPR..HOPR, as the ai, longin and waveform records that RTYP names
+        serve them: a client (ophyd's ``limits``) then sees the display range, not 0..0.
+        """
+        if self.drvh > self.drvl:
+            return self.drvl, self.drvh
+        return self.lopr, self.hopr
+
     def changes(self) -> dict[str, object]:
         """The attributes that differ from the defaults, by lower-case field name."""
         return {
@@ -108,7 +119,7 @@ def _string(name: str, value: object) -> str:
     if isinstance(value, (bytes, bytearray)):
         value = decode_text(bytes(value).split(b"\0", 1)[0])
     if not isinstance(value, str):
-        raise _refuse(name, f"{value!r} is not text")
+        raise _refuse(name, f"{shown(value)} is not text")
     # Bytes that were not UTF-8 reach us from CA as lone surrogates: recover them.
     try:
         raw = value.encode("utf-8", "surrogateescape")
@@ -122,10 +133,13 @@ def _string(name: str, value: object) -> str:
 
 def _number(name: str, value: object) -> float:
     if type(value) is bool or not isinstance(value, (int, float)):
-        raise _refuse(name, f"{value!r} is not a number")
-    number = float(value)
+        raise _refuse(name, f"{shown(value)} is not a number")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float64 (msgpack cannot carry one; JSON can)
+        raise _refuse(name, f"{shown(value)} does not fit in a float64") from None
     if not math.isfinite(number):
-        raise _refuse(name, f"{value!r} is not finite")
+        raise _refuse(name, f"{shown(value)} is not finite")
     return number
 
 
@@ -139,7 +153,7 @@ def _limit(name: str, value: object) -> float | None:
 def _non_negative(name: str, value: object) -> float:
     number = _number(name, value)
     if number < 0:
-        raise _refuse(name, f"{value!r} is negative")
+        raise _refuse(name, f"{shown(value)} is negative")
     return number
 
 
@@ -147,9 +161,9 @@ def _prec(name: str, value: object) -> int:
     if type(value) is float and value.is_integer():
         value = int(value)
     if type(value) is not int:
-        raise _refuse(name, f"{value!r} is not an integer")
+        raise _refuse(name, f"{shown(value)} is not an integer")
     if not 0 <= value <= 17:
-        raise _refuse(name, f"{value} is outside 0..17")
+        raise _refuse(name, f"{shown(value)} is outside 0..17")
     return value
 
 
@@ -158,7 +172,7 @@ def _severity(name: str, value: object) -> int:
         return SEVERITY_MENU.index(value.upper())
     if type(value) is int and 0 <= value < len(SEVERITY_MENU):
         return value
-    raise _refuse(name, f"{value!r} is not one of {', '.join(SEVERITY_MENU)} (or 0..3)")
+    raise _refuse(name, f"{shown(value)} is not one of {', '.join(SEVERITY_MENU)} (or 0..3)")
 
 
 # --- the field table ----------------------------------------------------------------------
@@ -237,7 +251,7 @@ def check_changes(changes: object, pv: str = "") -> dict[str, object]:
         if not isinstance(key, str) or key not in META_KEYS:
             raise Refused(
                 Reason.BAD_VALUE,
-                f"{head}unknown attribute {key!r} "
+                f"{head}unknown attribute {shown(key)} "
                 f"(attributes are {', '.join(sorted(META_KEYS))})",
             )
         try:

@@ -16,6 +16,9 @@ Three outcomes, kept apart on purpose:
   On CA such a name is simply not answered, so another server on the network may own it.
 * the name is of the grammar but beyond a limit (too long, too many elements):
   `Refused` is raised, the caller counts and logs it, and nothing is allocated.
+* a name sent as data without the prefix (a ZMQ update, a delete) that has the shape of
+  another relay's full name is refused as WRONG_PREFIX (`Grammar.foreign`): it would
+  otherwise become a PV nested under ours.
 * otherwise a `PVSpec` describes the PV.
 """
 
@@ -120,10 +123,26 @@ class Grammar:
         self.prefix = validate_prefix(prefix)
         self.limits = limits
         self._head = prefix + ":"
+        self._parts = prefix.count(":") + 1  # ':'-separated parts of the prefix
 
     def qualify(self, name: str) -> str:
         """The full name for `name`, given with or without the prefix."""
         return name if name.startswith(self._head) else self._head + name
+
+    def foreign(self, name: str) -> str | None:
+        """The prefix `name` seems to carry, if it looks like another relay's full name.
+
+        A name sent without our prefix is read as relative to it, so a full name meant
+        for another relay (``other:prefix:x_f1`` sent to ``5trap:relay``) would silently
+        become a nested PV. A name without our prefix that has at least as many
+        ':'-separated parts before its last one as our prefix has parts has the shape of
+        a full name under a prefix like ours: it is not taken as relative (the sender
+        spells it out with our prefix if a PV of ours is meant). Fewer parts
+        (``motor:x_f1`` to ``5trap:relay``) are relative as before. See docs/PVS.md.
+        """
+        if name.startswith(self._head) or name.count(":") < self._parts:
+            return None
+        return ":".join(name.split(":", self._parts)[: self._parts])
 
     def parse(self, full_name: str) -> PVSpec | None:
         """The spec of `full_name`; None if it is not ours; `Refused` if beyond a limit."""
@@ -166,5 +185,12 @@ class Grammar:
                 Reason.BAD_NAME,
                 f"{name!r} is not <prefix>:<name>_<dtype><count> under prefix "
                 f"{self.prefix!r} (dtype f/i/c, F/I/C for buffers of count >= 2)",
+            )
+        other = self.foreign(name)
+        if other is not None:
+            raise Refused(
+                Reason.WRONG_PREFIX,
+                f"{name!r} looks like a PV of a relay with prefix {other!r}, not "
+                f"{self.prefix!r}; to mean this relay's PV, send {full!r}",
             )
         return spec

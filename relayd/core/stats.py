@@ -36,6 +36,10 @@ class Stats:
         # pvAccess, as its bridge reports it (a `relayd.pva.bridge.PVAStatus`), if served
         self.pva: Any = None
         self.restored = 0  # PVs restored at start
+        self.left_out = 0  # saved rows that could not be restored at start
+        # the CA server's TCP port, and whether it is not the configured one (taken)
+        self.ca_port = 0
+        self.ca_port_taken = False
 
     def count_refusal(self, refused: Refused, source: str) -> str:
         """Count a refusal and return the one-line text that describes it."""

@@ -87,6 +87,12 @@ STATUS_PVS: tuple[StatusPV, ...] = (
              "worker repeated after a full pipe (nothing lost), or a message cut short by a "
              "restart (its updates lost)",
              lambda relay, started: float(relay.stats.pipe_dropped)),
+    StatusPV("status:ca:port", Kind.INT, 1, "TCP port the CA server serves on",
+             lambda relay, started: relay.stats.ca_port),
+    StatusPV("status:ca:portTaken", Kind.INT, 1,
+             "1 when the configured CA server port was taken by another program and a dynamic "
+             "port is served instead",
+             lambda relay, started: int(relay.stats.ca_port_taken)),
     StatusPV("status:restarts:ca", Kind.INT, 1,
              "times the supervisor restarted the CA server process",
              lambda relay, started: int(relay.stats.restarts.get("ca-server", 0))),
@@ -129,4 +135,7 @@ STATUS_PVS: tuple[StatusPV, ...] = (
              "longest time a pvAccess request waited for the CA loop in the last status "
              "interval, seconds",
              lambda relay, started: round(float(_pva(relay, "lag", 0.0)), 6)),
+    StatusPV("status:autosave:leftOut", Kind.INT, 1,
+             "saved rows left out at start because they could not be restored",
+             lambda relay, started: relay.stats.left_out),
 ) + tuple(_reason_pv(reason) for reason in Reason)

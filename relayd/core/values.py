@@ -21,7 +21,9 @@ Conversions:
   in int32 is refused (a C cast would be undefined behaviour).
 * ``c`` takes text: str (stored UTF-8 encoded) or bytes, NUL-terminated or not; the text
   ends at the first NUL. A sequence of byte values 0..255 is taken as text too, as CA
-  char arrays arrive that way.
+  char arrays arrive that way: a list of ints, or an integer array of any dtype (a packed
+  array), with the same verdict for the same values (a negative one is refused, never
+  wrapped).
 * A scalar PV takes a number or a one-element sequence. Strings are never parsed as
   numbers here: a string sent to a numeric PV is refused.
 * An array or buffer put may hold fewer elements than the PV's count, never more.
@@ -34,7 +36,7 @@ from typing import Callable, Union
 
 import numpy as np
 
-from relayd.core.errors import Reason, Refused
+from relayd.core.errors import Reason, Refused, shown
 from relayd.core.names import Kind, PVSpec
 
 INT32_MIN = -(2**31)
@@ -55,24 +57,19 @@ def _too_many(spec: PVSpec, n: int) -> Refused:
     )
 
 
-def _describe(raw: object) -> str:
-    text = repr(raw)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def numeric_array(spec: PVSpec, raw: object) -> np.ndarray:
     """`raw` as a 1-D numpy array of numbers (bool, int or float), or `Refused`."""
     if isinstance(raw, _TEXT_TYPES):
-        raise _bad(spec, f"text {_describe(raw)} sent to a numeric PV")
+        raise _bad(spec, f"text {shown(raw)} sent to a numeric PV")
     if isinstance(raw, np.ndarray):
         array = raw
     else:
         try:
             array = np.asarray(raw)
         except (ValueError, TypeError, OverflowError):
-            raise _bad(spec, f"{_describe(raw)} is not a number or a list of numbers")
+            raise _bad(spec, f"{shown(raw)} is not a number or a list of numbers")
     if array.dtype.kind not in "biuf":
-        raise _bad(spec, f"{_describe(raw)} is not a number or a list of numbers")
+        raise _bad(spec, f"{shown(raw)} is not a number or a list of numbers")
     if array.ndim == 0:
         array = array.reshape(1)
     elif array.ndim != 1:
@@ -88,7 +85,7 @@ def _float_scalar(spec: PVSpec, raw: object) -> float:
         try:
             return float(raw)  # type: ignore[arg-type]
         except OverflowError:
-            raise _bad(spec, f"{_describe(raw)} does not fit in a float64")
+            raise _bad(spec, f"{shown(raw)} does not fit in a float64")
     array = numeric_array(spec, raw)
     if array.size != 1:
         raise _too_many(spec, array.size) if array.size > 1 else _bad(spec, "no value")
@@ -98,11 +95,11 @@ def _float_scalar(spec: PVSpec, raw: object) -> float:
 def _int_from_number(spec: PVSpec, value: object) -> int:
     if isinstance(value, (float, np.floating)):
         if not math.isfinite(value):
-            raise _bad(spec, f"{value!r} cannot be stored in an int32 PV")
+            raise _bad(spec, f"{shown(value)} cannot be stored in an int32 PV")
         value = math.trunc(value)
     number = int(value)  # type: ignore[call-overload]
     if not INT32_MIN <= number <= INT32_MAX:
-        raise _bad(spec, f"{number} is outside the int32 range")
+        raise _bad(spec, f"{shown(number)} is outside the int32 range")
     return number
 
 
@@ -134,14 +131,18 @@ def _text(spec: PVSpec, raw: object) -> bytes:
             raise _bad(spec, f"text that is not valid Unicode ({error.reason})")
     elif isinstance(raw, (bytes, bytearray, memoryview)):
         data = bytes(raw)
-    elif isinstance(raw, np.ndarray) and raw.dtype in (np.uint8, np.int8) and raw.ndim == 1:
+    elif isinstance(raw, np.ndarray) and raw.dtype.kind in "iu" and raw.ndim == 1:
+        # Byte values, as a list of ints would carry them: the same values get the same
+        # verdict whatever integer dtype packed them (an int8 -1 is refused, not 255).
+        if raw.size and (raw.min() < 0 or raw.max() > 255):
+            raise _bad(spec, "a byte value outside 0..255")
         data = raw.astype(np.uint8).tobytes()
-    elif isinstance(raw, (list, tuple)) and all(
-        type(b) is int and 0 <= b <= 255 for b in raw
-    ):
+    elif isinstance(raw, (list, tuple)) and all(type(b) is int for b in raw):
+        if not all(0 <= b <= 255 for b in raw):
+            raise _bad(spec, "a byte value outside 0..255")
         data = bytes(raw)
     else:
-        raise _bad(spec, f"{_describe(raw)} is not text (str or bytes)")
+        raise _bad(spec, f"{shown(raw)} is not text (str or bytes)")
     end = data.find(b"\0")
     if end >= 0:
         data = data[:end]

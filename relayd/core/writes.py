@@ -94,8 +94,6 @@ class Relay(Generic[PV]):
 
     def delete(self, name: str) -> PV:
         """Delete the PV `name` (with or without the prefix) and return it."""
-        full = self.grammar.qualify(name.strip())
-        self._parse(full, name)
-        pv = self.registry.delete(full)
+        pv = self.registry.delete(self.grammar.spec_for(name.strip()).name)
         self.stats.deleted += 1
         return pv

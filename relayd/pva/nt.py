@@ -161,6 +161,9 @@ def fill_meta(value: Value, state: PVState) -> None:
         value[field] = math.nan if setting is None else setting
     if state.spec.kind is not Kind.CHAR:
         value["valueAlarm.active"] = meta.has_limits
+        # Served as over CA: DRVL..DRVH once set, else LOPR..HOPR (Meta.control_limits);
+        # a put to control.limitLow/High still sets DRVL/DRVH.
+        value["control.limitLow"], value["control.limitHigh"] = meta.control_limits()
 
 
 def full(state: PVState) -> Value:

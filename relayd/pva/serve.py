@@ -17,6 +17,7 @@ from p4p.server import DynamicProvider, Server
 
 from relayd.config import Config
 from relayd.core.errors import BootError
+from relayd.logs import serving
 from relayd.pva.bridge import MayPut, PVABridge, PVAHost
 from relayd.pva.provider import Provider, Requests
 
@@ -65,7 +66,7 @@ def start(config: Config, host: PVAHost, may_put: MayPut | None = None,
     conf = server.conf()
     served = int(conf["EPICS_PVAS_SERVER_PORT"])
     problem = port_problem(wanted_port(environ), served)
-    if problem and getattr(config, "strict_port", False):
+    if problem and config.strict_port:
         server.stop()
         requests.close()
         raise BootError(problem + " (--strict-port)")
@@ -74,7 +75,9 @@ def start(config: Config, host: PVAHost, may_put: MayPut | None = None,
     bridge = PVABridge(host, provider, requests, may_put)
     bridge.server, bridge.dynamic = server, dynamic
     bridge.status.port = served
-    log.info("serving PVs %s:<name>_<dtype><count> over pvAccess on TCP port %d (searches "
-             "on UDP port %s, interfaces %s)", config.prefix, served,
-             conf["EPICS_PVAS_BROADCAST_PORT"], conf["EPICS_PVAS_INTF_ADDR_LIST"])
+    interfaces = conf["EPICS_PVAS_INTF_ADDR_LIST"].split() or ["0.0.0.0"]
+    log.info("%s", serving(
+        "PVA", [f"TCP {host}:{served}" for host in interfaces]
+        + [f"UDP {host}:{conf['EPICS_PVAS_BROADCAST_PORT']}" for host in interfaces],
+        f"PVs {config.prefix}:<name>_<dtype><count>"))
     return bridge

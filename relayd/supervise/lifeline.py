@@ -59,6 +59,11 @@ class Lifeline:
                 packet = self.sock.recv(MAX_PACKET)
             except (BlockingIOError, InterruptedError):
                 break
+            except ConnectionResetError:
+                # The other end closed with packets of ours unread (a child that failed
+                # to boot before reading its restart counts). Linux reports that once,
+                # *before* the packets it sent last (its boot failure's reason): read on.
+                continue
             except OSError:
                 self.closed = True
                 break

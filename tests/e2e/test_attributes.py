@@ -551,6 +551,37 @@ def test_control_limits_in_every_dbr_ctrl_type(caproto_client, shared_relay, nam
         assert (meta.upper_ctrl_limit, meta.lower_ctrl_limit) == (50, -50), data_type
 
 
+@pytest.mark.parametrize("base", ["hopr_f1", "hopr_i1", "hopr_f3"])
+def test_control_limits_are_hopr_lopr_while_drvh_drvl_are_unset(client, shared_relay, name,
+                                                                base):
+    """As the ai, longin and waveform records that RTYP names serve them (issue 11: ophyd's
+    `limits` showed (0, 0) for a PV with only HOPR/LOPR set); DRVL/DRVH once DRVH > DRVL,
+    in reads and in DBR_CTRL monitor events alike."""
+    pv = full(shared_relay, name(base))
+    pushed(shared_relay, ("put", name(base), 1 if base.endswith("1") else [1.0, 2.0],
+                          {"meta": {"hopr": 100, "lopr": -100}}))
+    wait_created(client, shared_relay, name(base))
+
+    def ctrl_limits() -> tuple:
+        ctrl = get_ctrl(client, pv)
+        return ctrl["lower_ctrl_limit"], ctrl["upper_ctrl_limit"]
+
+    assert wait_for(lambda: ctrl_limits() == (-100, 100) and ctrl_limits(),
+                    what="HOPR/LOPR as control limits") == (-100, 100)
+    monitor = monitor_ctrl(client, pv, DBE_VALUE | DBE_ALARM | DBE_PROPERTY)
+    event = monitor.wait_count(1)[0]
+    assert (event.ctrl["lower_ctrl_limit"], event.ctrl["upper_ctrl_limit"]) == (-100, 100)
+    assert client.put(f"{pv}.DRVH", 50.0) and client.put(f"{pv}.DRVL", -50.0)
+    assert ctrl_limits() == (-50, 50)
+    monitor.wait_value(lambda v: True)  # the property events of the two field puts
+    wait_for(lambda: any((e.ctrl.get("lower_ctrl_limit"), e.ctrl.get("upper_ctrl_limit"))
+                         == (-50, 50) for e in monitor.value_events()),
+             what="DRVL/DRVH in a DBR_CTRL event")
+    assert client.put(f"{pv}.DRVH", 0.0) and client.put(f"{pv}.DRVL", 0.0)
+    assert ctrl_limits() == (-100, 100)
+    monitor.close()
+
+
 def test_dbr_ctrl_of_a_pv_without_attributes_is_all_zero(client, shared_relay, name):
     pv = full(shared_relay, name("plain_f1"))
     assert client.put(pv, 3.0)

@@ -128,7 +128,7 @@ def new_ca_process(relay: RelayProcess, old: int) -> int:
 
 def restore_came_before_serving(log: str) -> bool:
     """In the log of one CA process start: restored first, then served, then ready."""
-    restored, serving = log.rfind("restored "), log.rfind("serving PVs ")
+    restored, serving = log.rfind("restored "), log.rfind("serving CA on ")
     return -1 < restored < serving < log.rfind("ca-server ready")
 
 
@@ -317,12 +317,34 @@ def test_bad_rows_are_logged_and_left_out_and_the_rest_restored(caproto_client, 
         name = row[0] if row[0] is not None else "a row named None"
         assert f"autosave: cannot restore {name} (" in log and "; left out" in log, name
     assert "restored 3 PVs" in log and "restarting" not in log
+    assert status(caproto_client, relay, "autosave:leftOut") == len(bad)
+    assert (f"autosave: {len(bad)} saved rows left out; they stay in the file until a PV of "
+            "their name is made again") in log
     # A bad row's name is a name like any other: a put makes it a good PV again.
     assert caproto_client.put(full(relay, "ts_f1"), 4.0)
     relay.restart()
     caproto_client.forget_all()
     assert listed(caproto_client, relay) == [*good, full(relay, "ts_f1")]
     assert caproto_client.get(full(relay, "ts_f1")) == 4.0
+
+
+def test_many_bad_rows_are_counted_and_logged_in_a_few_lines(caproto_client, start_relay,
+                                                             tmp_path):
+    """Issue 11: one ERROR line per bad row, without a limit, and no count in the status."""
+    prefix = unique_prefix()
+    path = tmp_path / "relay.sqlite"
+    Store.open(str(path)).close()
+    insert_rows(path, (f"{prefix}:good_f1", "f", 1, 0, 1.5, TS_NS, "{}"),
+                *((f"{prefix}:bad{i}_f1", "f", 1, 0, 1.0, "soon", "{}") for i in range(500)))
+    relay = start_relay("--autosave", str(path), prefix=prefix)
+    assert listed(caproto_client, relay) == [full(relay, "good_f1")]
+    assert status(caproto_client, relay, "autosave:leftOut") == 500
+    assert status(caproto_client, relay, "autosave:restored") == 1
+    log = relay.log_text()
+    assert log.count("autosave: cannot restore ") == 10
+    assert ("autosave: 500 saved rows left out (the first 10 named above); they stay in the "
+            "file until a PV of their name is made again (relayd autosave export names every "
+            "one)") in log
 
 
 # --- kills ------------------------------------------------------------------------------------------

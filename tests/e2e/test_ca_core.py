@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 
+from tests.e2e._tools import run_snippet, status
 from tests.harness import wait_for
 
 SEVR_INVALID, STAT_UDF = 3, 17
@@ -402,3 +403,17 @@ def test_sample_config_file_is_accepted(caproto_client, start_relay):
     sample = Path(__file__).resolve().parents[2] / "etc" / "relayd.toml"
     relay = start_relay("--config", str(sample))  # --prefix on the command line wins
     assert caproto_client.put(f"{relay.prefix}:cfg_f1", 1.0)
+
+
+def test_deletes_are_logged_rate_limited(caproto_client, start_relay):
+    """Issue 11: 100,000 deletes wrote 100,000 INFO lines; status:deleted counts them all."""
+    relay = start_relay("--no-autosave")
+    run_snippet(relay.endpoint, """
+        with Client(endpoint) as r:
+            r.put_many({f"n{i}_f1": 1.0 for i in range(2000)})
+        with Client(endpoint) as r:
+            for i in range(2000):
+                r.delete(f"n{i}_f1")
+        """)
+    wait_for(lambda: status(caproto_client, relay, "deleted") == 2000, what="2000 deletes")
+    assert relay.log_text().count(" deleted ") <= 5

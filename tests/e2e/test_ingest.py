@@ -440,6 +440,12 @@ BAD_MESSAGES = [
      "'good.x_f1' is not"),
     ("delete-unknown", "with Client(endpoint) as r: r.delete('never_f1')", "noSuchPV",
      "never_f1"),
+    # Issue 11: a packed signed-byte array with negative values wrapped to 0..255.
+    ("packed-int8-to-c", "raw(pack({'pv': 'good_c20', 'value': "
+     "{'dtype': '|i1', 'data': bytes([104, 255])}}))", "badValue",
+     "a byte value outside 0..255"),
+    ("other-relays-name", "with Client(endpoint) as r: r.put('other:x_f1', 2.5)",
+     "wrongPrefix", "'other:x_f1' looks like a PV of a relay with prefix 'other'"),
 ]
 
 
@@ -475,15 +481,18 @@ def test_refused_message_is_counted_and_changes_nothing(caproto_client, start_re
     assert status(reader, relay, "refused") == 1
 
 
-def test_a_name_under_another_prefix_is_taken_as_a_name_under_ours(caproto_client,
-                                                                   start_relay):
-    """PROTOCOL.md: `pv` may omit the prefix, and names may contain ':'. So a name meant
-    for another relay is not refused: it becomes a PV of this one. (See the report: a
-    publisher pointed at the wrong relay creates PVs silently.)"""
+def test_a_name_under_another_prefix_is_refused_not_nested(caproto_client, start_relay):
+    """PROTOCOL.md: `pv` may omit the prefix, and names may contain ':'. A name meant for
+    another relay (as many ':' parts before its last as our prefix has) used to become a
+    PV of this one, silently (issue 11); it is refused as wrongPrefix, and the same name
+    spelled out with our prefix is ours."""
     relay = start_relay()
     push(relay, "with Client(endpoint) as r: r.put('otherrelay:temp_f1', 1.0)")
+    wait_status_is(caproto_client, relay, "refused:wrongPrefix", 1)
+    push(relay, f"with Client(endpoint) as r: r.put('{relay.prefix}:otherrelay:temp_f1', 2.0)")
     wait_listed(caproto_client, relay, full(relay, "otherrelay:temp_f1"))
-    assert status(caproto_client, relay, "refused") == 0
+    assert listed(caproto_client, relay) == [full(relay, "otherrelay:temp_f1")]
+    assert status(caproto_client, relay, "refused") == 1
 
 
 def test_one_bad_update_in_a_batch_does_not_discard_the_good_ones(client, start_relay):

@@ -93,6 +93,19 @@ def test_closed_other_end(ends, closing: str) -> None:
     assert left.send(beat=True) is False
 
 
+def test_last_words_of_an_end_closed_with_unread_messages_are_delivered(ends) -> None:
+    """A child that cannot boot says why and exits, often before it read the restart
+    counts the supervisor sent it. Linux then reports ECONNRESET once, ahead of the
+    child's last packets: the reason must still be read (it was lost, and the supervisor
+    logged "could not boot" instead of why)."""
+    parent, child = ends
+    assert parent.send(restarts={"ca-server": 0})  # never read by the child
+    child.send(fatal="a relay with prefix p already runs")
+    child.close()
+    assert parent.receive() == [{"fatal": "a relay with prefix p already runs"}]
+    assert parent.closed
+
+
 def test_send_to_closed_end_sets_closed(ends) -> None:
     parent, child = ends
     parent.close()

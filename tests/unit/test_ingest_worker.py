@@ -115,9 +115,28 @@ def test_names_with_and_without_prefix_qualify(name: str) -> None:
     assert ops == [PipeOp(Op.PUT, f"{PREFIX}:x_f1", 1.0, ARRIVAL, None)]
 
 
-def test_name_with_colons_is_qualified_under_our_prefix() -> None:
-    ops = make().handle(dumps(encode_update("other:x_f1", 1.0)), ARRIVAL)
-    assert ops == [PipeOp(Op.PUT, f"{PREFIX}:other:x_f1", 1.0, ARRIVAL, None)]
+def test_a_name_with_colons_is_qualified_when_it_cannot_be_another_relays() -> None:
+    ingest = Ingest(Grammar("lab:relay"))
+    ops = ingest.handle(dumps(encode_update("motor:x_f1", 1.0)), ARRIVAL)
+    assert ops == [PipeOp(Op.PUT, "lab:relay:motor:x_f1", 1.0, ARRIVAL, None)]
+
+
+@pytest.mark.parametrize("op", ["put", "delete"])
+def test_a_name_shaped_like_another_relays_is_refused_as_wrong_prefix(op: str) -> None:
+    """Issue 11: other:prefix:x_f1 sent to 5trap:relay made 5trap:relay:other:prefix:x_f1."""
+    ingest = Ingest(Grammar("5trap:relay"))
+    update = (encode_update("other:prefix:x_f1", 1.0) if op == "put"
+              else encode_update("other:prefix:x_f1", op="delete"))
+    assert ingest.handle(dumps(update), ARRIVAL) == []
+    counters = ingest.take_counters()
+    assert counters["refused"] == {"wrongPrefix": 1}
+    assert counters["last_refusal"] == (
+        "ZMQ update: wrongPrefix: 'other:prefix:x_f1' looks like a PV of a relay with prefix "
+        "'other:prefix', not '5trap:relay'; to mean this relay's PV, send "
+        "'5trap:relay:other:prefix:x_f1'")
+    spelled_out = encode_update("5trap:relay:other:prefix:x_f1", 1.0)
+    assert [op[1] for op in ingest.handle(dumps(spelled_out), ARRIVAL)] == [
+        "5trap:relay:other:prefix:x_f1"]
 
 
 @pytest.mark.parametrize("ts, ts_ns", [

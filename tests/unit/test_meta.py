@@ -187,6 +187,48 @@ def test_bad_display_and_control_limits(key: str, value: object, why: str) -> No
     assert refused({key: value}) == f"{key.upper()}: {why}"
 
 
+# Every numeric field, whatever its checker: an int too large for a float64 is refused, not
+# an OverflowError (a Python client and an autosave import hand such ints over; msgpack
+# cannot carry them).
+HUGE_INTS = [10**400, -(10**400), 2**1024, 10**5000]
+HUGE_IDS = ["1e400", "-1e400", "2**1024", "1e5000"]  # 1e5000: beyond the 4,300 digits repr takes
+
+
+@pytest.mark.parametrize("key", NUMBERS + LIMITS + ("hyst", "tmo"))
+@pytest.mark.parametrize("value", HUGE_INTS, ids=HUGE_IDS)
+def test_an_int_too_large_for_a_double_is_refused(key: str, value: int) -> None:
+    detail = refused({key: value})
+    assert detail.startswith(f"{key.upper()}: ") and detail.endswith(" does not fit in a float64")
+    assert len(detail) < 100  # not the 400 digits
+
+
+@pytest.mark.parametrize("key", ["prec", *SEVERITIES])
+@pytest.mark.parametrize("value", HUGE_INTS, ids=HUGE_IDS)
+def test_a_huge_int_for_an_integer_field_is_refused(key: str, value: int) -> None:
+    assert len(refused({key: value})) < 150
+
+
+def test_a_huge_key_is_refused_and_shown_short() -> None:
+    with pytest.raises(Refused) as info:
+        check_changes({10**5000: 1.0})
+    assert "unknown attribute an integer of 16610 bits" in info.value.detail
+
+
+@pytest.mark.parametrize("meta, limits", [
+    (Meta(), (0.0, 0.0)),
+    (Meta(hopr=100.0, lopr=-100.0), (-100.0, 100.0)),     # DRVH/DRVL unset: HOPR/LOPR
+    (Meta(hopr=100.0), (0.0, 100.0)),
+    (Meta(hopr=100.0, lopr=-100.0, drvh=50.0, drvl=-50.0), (-50.0, 50.0)),
+    (Meta(hopr=100.0, drvh=50.0), (0.0, 50.0)),            # DRVH > DRVL = 0: set
+    (Meta(lopr=-100.0, drvl=-5.0), (-5.0, 0.0)),           # DRVH 0 > DRVL -5: set
+    (Meta(hopr=100.0, drvh=5.0, drvl=5.0), (0.0, 100.0)),   # DRVH = DRVL: unset, as in ao
+    (Meta(hopr=100.0, drvh=-5.0, drvl=5.0), (0.0, 100.0)),  # DRVH < DRVL: unset
+])
+def test_control_limits_are_drvl_drvh_once_set_else_lopr_hopr(meta: Meta, limits: tuple
+                                                               ) -> None:
+    assert meta.control_limits() == limits
+
+
 # --- alarm limits --------------------------------------------------------------------------------
 
 
@@ -366,7 +408,7 @@ def test_changes_are_what_differs_from_the_defaults() -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.dictionaries(st.sampled_from(sorted(META_KEYS)), st.one_of(
     st.none(), st.booleans(), st.integers(-5, 40), st.floats(), st.text(max_size=45),
-    st.sampled_from(SEVERITY_MENU)), max_size=6))
+    st.sampled_from(SEVERITY_MENU), st.integers(2**1023, 2**1100)), max_size=6))
 def test_random_maps_are_checked_all_or_nothing(changes: dict) -> None:
     try:
         checked = check_changes(changes)

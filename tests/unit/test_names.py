@@ -211,6 +211,45 @@ def test_qualify() -> None:
     assert G.qualify("") == "P:"
 
 
+@pytest.mark.parametrize("prefix, name, other", [
+    ("5trap:relay", "other:prefix:x_f1", "other:prefix"),
+    ("5trap:relay", "6trap:relay:x_f1", "6trap:relay"),
+    ("5trap:relay", "5trap:relay2:x_f1", "5trap:relay2"),
+    ("5trap:relay", "a:b:c:x_f1", "a:b"),
+    ("P", "Q:x_f1", "Q"),
+    ("P", "PP:x_f1", "PP"),
+    ("a:b:c", "d:e:f:x_f1", "d:e:f"),
+])
+def test_a_name_shaped_like_another_relays_full_name_is_wrong_prefix(prefix: str, name: str,
+                                                                      other: str) -> None:
+    grammar = Grammar(prefix)
+    assert grammar.foreign(name) == other
+    with pytest.raises(Refused) as info:
+        grammar.spec_for(name)
+    assert info.value.reason is Reason.WRONG_PREFIX
+    assert info.value.detail == (
+        f"{name!r} looks like a PV of a relay with prefix {other!r}, not {prefix!r}; "
+        f"to mean this relay's PV, send {prefix + ':' + name!r}")
+    assert grammar.spec_for(f"{prefix}:{name}").name == f"{prefix}:{name}"  # spelled out
+
+
+@pytest.mark.parametrize("prefix, name", [
+    ("5trap:relay", "x_f1"), ("5trap:relay", "motor:x_f1"), ("5trap:relay", "5trap:relay:x_f1"),
+    ("5trap:relay", "5trap:relay:other:prefix:x_f1"), ("P", "x_f1"), ("P", "P:Q:x_f1"),
+    ("a:b:c", "d:e:x_f1"),
+])
+def test_names_that_cannot_be_another_relays_are_qualified(prefix: str, name: str) -> None:
+    grammar = Grammar(prefix)
+    assert grammar.foreign(name) is None
+    assert grammar.spec_for(name).name == grammar.qualify(name)
+
+
+def test_a_bad_name_is_bad_name_even_when_shaped_like_another_relays() -> None:
+    with pytest.raises(Refused) as info:
+        Grammar("5trap:relay").spec_for("other:prefix:x")
+    assert info.value.reason is Reason.BAD_NAME
+
+
 def test_spec_for_with_and_without_prefix() -> None:
     expected = PVSpec("P:x_F4", Kind.FLOAT, 4, True)
     assert G.spec_for("x_F4") == expected
@@ -286,8 +325,14 @@ def test_property_valid_names_parse_back(case: tuple[str, str, Kind, int, bool])
     assert spec == PVSpec(full, kind, count, buffer)
     assert grammar.spec_for(full) == spec
     base_with_suffix = full[len(prefix) + 1:]
-    if not base_with_suffix.startswith(prefix + ":"):  # else qualify() sees it as full
+    if base_with_suffix.startswith(prefix + ":"):  # qualify() sees it as full
+        return
+    if base_with_suffix.count(":") < prefix.count(":") + 1:
         assert grammar.spec_for(base_with_suffix) == spec
+    else:  # shaped like another relay's full name: never silently nested
+        with pytest.raises(Refused) as info:
+            grammar.spec_for(base_with_suffix)
+        assert info.value.reason is Reason.WRONG_PREFIX
 
 
 def _parse_outcome(grammar: Grammar, text: str) -> None:
@@ -321,6 +366,10 @@ def test_property_grammar_like_text_never_crashes(text: str) -> None:
     try:
         spec = grammar.spec_for(text)
     except Refused as refused:
-        assert refused.reason in (Reason.BAD_NAME, Reason.NAME_TOO_LONG, Reason.COUNT_LIMIT)
+        assert refused.reason in (Reason.BAD_NAME, Reason.NAME_TOO_LONG, Reason.COUNT_LIMIT,
+                                  Reason.WRONG_PREFIX)
+        if refused.reason is Reason.WRONG_PREFIX:
+            assert grammar.foreign(text) is not None
     else:
         assert spec.name == grammar.qualify(text)
+        assert grammar.foreign(text) is None

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import random
+import sys
+
+import numpy as np
 from dataclasses import replace
 
 from relayd.core import menus
 from relayd.core.meta import Meta
 from relayd.core.names import Grammar
 from relayd.core.pvstate import PVState, new_state
-from relayd.core.staleness import StaleWatch
+from relayd.core.staleness import COMPACT_AT, StaleWatch
 
 G = Grammar("P")
 
@@ -150,6 +153,47 @@ def test_forget() -> None:
     assert len(watch) == 1
 
 
+def test_a_forgotten_pv_is_let_go_of_at_once_whatever_its_tmo() -> None:
+    """Issue 11: a deleted PV stayed in the heap, with its value, until its deadline."""
+    watch = StaleWatch()
+    for tmo in (1.0, 1e9):
+        gone = state(tmo, suffix="f1000", name="big", at=None)
+        put(gone, 0.0, np.zeros(1000))
+        references = sys.getrefcount(gone)
+        watch.watch(gone, 0.0)
+        assert sys.getrefcount(gone) > references
+        watch.forget(gone)
+        assert sys.getrefcount(gone) == references
+        assert watch.next_deadline() is None  # nothing left to wait for
+
+
+def test_a_superseded_entry_lets_go_of_its_pv_too() -> None:
+    watch = StaleWatch()
+    pv = state(100.0)
+    watch.watch(pv, 0.0)
+    set_tmo(pv, 1.0)  # lowered: a new, earlier entry
+    watch.watch(pv, 0.0)
+    assert watch.heap_size() == 2
+    watch.forget(pv)
+    references = sys.getrefcount(pv)
+    del watch
+    assert sys.getrefcount(pv) == references
+
+
+def test_the_heap_stays_bounded_when_pvs_come_and_go_with_a_large_tmo() -> None:
+    watch = StaleWatch()
+    kept = [state(1e9, name=f"kept{i}") for i in range(10)]
+    for pv in kept:
+        watch.watch(pv, 0.0)
+    for i in range(10_000):
+        gone = state(1e9, name=f"gone{i}")
+        watch.watch(gone, float(i))
+        watch.forget(gone)
+        assert watch.heap_size() <= 2 * len(kept) + COMPACT_AT + 1
+    assert len(watch) == len(kept)
+    assert watch.expired(2e9) == kept  # the live entries survived every compaction
+
+
 def test_a_pv_never_given_a_value_is_never_stale() -> None:
     watch = StaleWatch()
     pv = state(1.0, at=None)
@@ -226,7 +270,7 @@ def test_the_heap_holds_one_entry_per_watched_pv_however_fast_they_update() -> N
         put(pv, now)
         watch.watch(pv, now)
         stale_seen += len(watch.expired(now))
-        assert len(watch._heap) <= len(pvs)
+        assert watch.heap_size() <= len(pvs)
     assert len(watch) == len(pvs)
     assert all(pv.stale for pv in pvs[40:])
     assert stale_seen >= 10

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from relayd.core.errors import Reason, Refused
 from relayd.core.names import Grammar, PVSpec
+from relayd.core.packed import unpack_array
 from relayd.core.values import INT32_MAX, INT32_MIN, convert
 
 G = Grammar("P")
@@ -203,10 +204,58 @@ def test_text_count_is_in_utf8_bytes() -> None:
 @pytest.mark.parametrize(
     "raw",
     [5, 1.5, None, True, [256], [-1], [1.0], [True], ["a"], {"a": 1},
-     np.array([1.0, 2.0]), np.array([[65]], dtype=np.uint8), np.array([65], dtype=np.int32)],
+     np.array([1.0, 2.0]), np.array([[65]], dtype=np.uint8), np.array([True]),
+     np.array([65.0], dtype=np.float32)],
 )
 def test_text_refuses_non_text(raw: object) -> None:
     assert refused("c8", raw) is Reason.BAD_VALUE
+
+
+# The same byte values get the same verdict whatever carries them: a list, or a packed
+# array of any integer dtype (issue 11: packed |i1 with negative values wrapped to 0..255).
+BYTE_DTYPES = ["|i1", "|u1", "<i2", ">i2", "<i4", ">u4", "<i8", "<u8"]
+
+
+def packed(values: list[int], dtype: str) -> np.ndarray:
+    """`values` as the relay reads a packed array: a read-only view of received bytes."""
+    return unpack_array({"dtype": dtype, "data": np.array(values, dtype=dtype).tobytes()})
+
+
+@pytest.mark.parametrize("dtype", BYTE_DTYPES)
+@pytest.mark.parametrize("suffix", ["c8", "C8"])
+def test_text_takes_byte_values_packed_as_any_integer_dtype(dtype: str, suffix: str) -> None:
+    assert convert(spec(suffix), packed([104, 105], dtype)) == b"hi"
+    assert convert(spec(suffix), packed([104, 105], dtype)) == convert(spec(suffix), [104, 105])
+    if dtype != "|i1":  # 255 is not an int8
+        assert convert(spec(suffix), packed([255, 0, 65], dtype)) == b"\xff"
+
+
+@pytest.mark.parametrize("dtype", [d for d in BYTE_DTYPES if d[1] == "i"])
+@pytest.mark.parametrize("suffix", ["c8", "C8"])
+def test_text_refuses_negative_byte_values_however_packed(dtype: str, suffix: str) -> None:
+    assert refused(suffix, [104, -1]) is Reason.BAD_VALUE
+    with pytest.raises(Refused) as info:
+        convert(spec(suffix), packed([104, -1], dtype))
+    assert info.value.reason is Reason.BAD_VALUE
+    assert "0..255" in info.value.detail
+
+
+@pytest.mark.parametrize("dtype", [d for d in BYTE_DTYPES if d[2:] != "1"])
+def test_text_refuses_byte_values_above_255_however_packed(dtype: str) -> None:
+    assert refused("c8", [104, 256]) is Reason.BAD_VALUE
+    with pytest.raises(Refused) as info:
+        convert(spec("c8"), packed([104, 256], dtype))
+    assert info.value.reason is Reason.BAD_VALUE
+
+
+@pytest.mark.parametrize("suffix", ["f1", "i1", "f4", "i4", "F4", "c8"])
+@pytest.mark.parametrize("raw", [10**400, 10**5000, [10**5000], [1, 10**400]],
+                         ids=["1e400", "1e5000", "[1e5000]", "[1, 1e400]"])
+def test_huge_ints_are_refused_with_a_short_text(suffix: str, raw: object) -> None:
+    with pytest.raises(Refused) as info:
+        convert(spec(suffix), raw)
+    assert info.value.reason is Reason.BAD_VALUE
+    assert len(info.value.detail) < 120
 
 
 def test_text_buffer_uses_the_same_rules() -> None:

@@ -21,6 +21,7 @@ from relayd.config import Config
 from relayd.core.errors import BootError
 from relayd.core.names import Grammar
 from relayd.core.ops import PipeOp
+from relayd.logs import serving
 from relayd.supervise.child import ChildEnv
 from relayd.supervise.lifeline import Lifeline
 from relayd.supervise.pipe import Forward, PipeWriter, encode_forward
@@ -81,7 +82,8 @@ def run(env: ChildEnv) -> None:
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     poller.register(wake_r, zmq.POLLIN)
-    log.info("receiving updates on %s", " ".join(config.zmq_bind))
+    log.info("%s", serving("ZMQ", config.zmq_bind,
+                           "CURVE on" if config.curve_secret_key else "CURVE off"))
     lifeline.send(ready=True)
     seq = 0
     next_housekeeping = 0.0
