@@ -85,6 +85,7 @@ class PipeIngest:
         self.queries: dict[str, Callable[[Any], Any]] = {}
         self.relay = server.relay
         self.stats = server.relay.stats
+        self._accepted_by_way = self.stats.accepted_by_way
         self._pending: deque[list] = deque()  # batches read but not yet applied
         self._role = ""  # the worker they came from
         self._sent_ns = 0  # when the worker sent the forward they came in
@@ -193,14 +194,18 @@ class PipeIngest:
     def apply_batch(self, batch: list) -> int:
         """Apply one batch (a `Batch`, as a list), then post each touched PV once; answer
         it if it asks. The number of ops applied or refused."""
-        ops, way, source, reply, durable = batch
+        if len(batch) == 2:  # a push, its defaults left out (see `relayd.core.ops`)
+            ops, way = batch
+            source, reply, durable = "", None, False
+        else:
+            ops, way, source, reply, durable = batch
+        writer = source or way  # pushes name no sender (looking it up costs, see gather)
         verdicts: list | None = None if reply is None else []
         not_counted = 0  # refusals and deletes: not accepted updates
         touched: dict[Any, int] = {}
         relay = self.relay
         pvs = relay.registry.pvs
         now = time.monotonic()
-        where = SOURCES.get(way, way)
         for item in ops:
             name = None
             try:
@@ -210,7 +215,7 @@ class PipeIngest:
                     if pv is None:
                         pv = relay.ensure(name)
                     mask = touched.get(pv, DBE_VALUE_LOG)
-                    if relay.apply(pv, value, ts_ns, now, meta, source):
+                    if relay.apply(pv, value, ts_ns, now, meta):
                         mask |= DBE_ALL
                     if meta:
                         mask |= DBE_PROPERTY
@@ -219,29 +224,26 @@ class PipeIngest:
                     pv, alarm_changed = relay.set_meta(name, meta)
                     self.server.meta_changed(pv, alarm_changed, now)
                 elif op == _DELETE:
-                    touched.pop(self.server.delete(name, where), None)
+                    touched.pop(self.server.delete(name, SOURCES.get(way, way)), None)
                     not_counted += 1
                 else:
                     raise ValueError(f"unknown pipe op {op!r}")
             except Exception as error:  # a refusal, or a bug: the rest is applied
                 not_counted += 1
-                if isinstance(error, Refused):
-                    self.server.report(error, where, way)
-                else:
-                    error = self._internal_error(f"an update to {name!r}", where, way)
-                if verdicts is not None:
-                    verdicts.append(refused_wire(str(name), error))
+                self._refused(error, name, way, verdicts)
                 continue
             if verdicts is not None:
                 verdicts.append(accepted_wire(name))
-        self.stats.accepted_by_way[way] += len(ops) - not_counted
+        self._accepted_by_way[way] += len(ops) - not_counted
         # Then post each PV the batch touched, once, and note PVs posted POSTS_PER_CYCLE
         # times (inline: a call per batch shows when every message is a batch of one).
         stamps = self._stamps
         posts = self._posts
         applied = self.server.applied
         for pv, mask in touched.items():
-            applied(pv, mask, now, stamps(pv.state.ts_ns))
+            state = pv.state
+            state.writer = writer
+            applied(pv, mask, now, stamps(state.ts_ns))
             count = posts.get(pv, 0) + 1
             posts[pv] = count
             if count >= POSTS_PER_CYCLE:
@@ -249,6 +251,17 @@ class PipeIngest:
         if verdicts is not None and self.answer is not None:
             self.answer(self._role, reply, verdicts, durable)
         return len(ops)
+
+    def _refused(self, error: Exception, name: object, way: str, verdicts: list | None) -> None:
+        """Count and log an op's refusal (or a bug while applying it: an internal one),
+        and note its verdict if the batch wants them."""
+        where = SOURCES.get(way, way)
+        if isinstance(error, Refused):
+            self.server.report(error, where, way)
+        else:
+            error = self._internal_error(f"an update to {name!r}", where, way)
+        if verdicts is not None:
+            verdicts.append(refused_wire(str(name), error))
 
     def _internal_error(self, what: str, source: str, way: str = Way.CA.value) -> Refused:
         """A bug, not the sender's fault: count it, log it with its traceback (rate-limited)."""

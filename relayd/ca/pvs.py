@@ -64,7 +64,14 @@ def put_source(client: Any) -> str:
 
 def ca_writer(client: Any) -> str:
     """The last writer of a PV a CA client put to (``ca user@host``, as it claims)."""
-    return f"ca {client.user}@{client.host}"
+    return _writer(client.user, client.host)
+
+
+@functools.lru_cache(maxsize=1024)
+def _writer(user: str, host: str) -> str:
+    # Formatting costs more than the rest of the bookkeeping of a CA put: a few clients
+    # put again and again, so each writer is made once.
+    return f"ca {user}@{host}"
 
 
 class Handler(Protocol):

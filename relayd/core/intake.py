@@ -65,7 +65,8 @@ class Intake:
 
         A put without ``ts`` is stamped `arrival_ns` (POSIX nanoseconds).
         """
-        spec, convert = self.spec(update.pv)
+        known = self._names.get(update.pv)  # `spec`, inline: this is the hot path
+        spec, convert = known if known is not None else self.spec(update.pv)
         if update.op == DELETE:
             return PipeOp(_DELETE, spec.name, None, 0, None)
         meta = check_changes(update.meta, spec.name) if update.meta is not None else None

@@ -16,8 +16,10 @@ packs as an array and an `IntEnum` as an int, at no cost to the sender. The rece
 plain lists back and unpacks them in field order, ``op, name, value, ts_ns, meta = item``,
 rather than building a PipeOp for each: that would cost more than decoding the message
 (measured: ~200 ns against ~100 ns per op). A Batch travels the same way, its `way` as
-the Way's value (a str: `Way` is a str enum, so it packs as one), and a Verdict as
-`Verdict.to_wire`.
+the Way's value (a str: `Way` is a str enum, so it packs as one), and its trailing
+fields may be left out when they hold their defaults: a push travels as ``[ops, way]``
+(each field costs the hot path to pack and unpack; `relayd.ca.apply` reads both forms).
+A Verdict travels as `Verdict.to_wire`.
 """
 
 from __future__ import annotations
@@ -67,14 +69,15 @@ class Way(str, Enum):
 class Batch(NamedTuple):
     """One message's accepted updates, applied by the CA process at once.
 
-    `source` is who sent it as the PV's last writer shows it (``zmq 10.0.0.5``). `reply`
-    is the request id the worker chose for the verdicts (None: nobody waits for them);
-    with `durable` the verdicts wait until autosave has committed the changes.
+    `source` is who sent it as the PV's last writer shows it (``zmq 10.0.0.5``); "" when
+    the worker does not know (a push: the writer is then the way, ``zmq``). `reply` is
+    the request id the worker chose for the verdicts (None: nobody waits for them); with
+    `durable` the verdicts wait until autosave has committed the changes.
     """
 
     ops: list[PipeOp]
     way: str  # a `Way` (its value on the wire)
-    source: str
+    source: str = ""  # who: "zmq 10.0.0.5", or "" (unknown)
     reply: int | None = None
     durable: bool = False
 

@@ -15,6 +15,8 @@ from typing import Any
 from relayd.core.errors import Reason, Refused
 from relayd.core.ops import Way
 
+WAYS = tuple(way.value for way in Way)
+
 
 class Stats:
     """Counters an operator watches; served by the status PVs."""
@@ -23,8 +25,9 @@ class Stats:
         self.accepted = 0
         self.refused = 0
         self.by_reason: Counter[Reason] = Counter()
-        self.accepted_by_way: Counter[str] = Counter()
-        self.refused_by_way: Counter[str] = Counter()
+        # Plain dicts with every way, not Counters: one is added to per batch applied.
+        self.accepted_by_way: dict[str, int] = dict.fromkeys(WAYS, 0)
+        self.refused_by_way: dict[str, int] = dict.fromkeys(WAYS, 0)
         self.last_refusal = ""
         self.deleted = 0
         # ZMQ ingest, as counted by the worker (see `merge_worker`)
@@ -41,11 +44,11 @@ class Stats:
         self.autosave: Any = None
         self.restored = 0  # PVs restored at start
 
-    def count_refusal(self, refused: Refused, source: str, way: str = Way.CA) -> str:
+    def count_refusal(self, refused: Refused, source: str, way: str = Way.CA.value) -> str:
         """Count a refusal of way in `way` and return the one-line text that describes it."""
         self.refused += 1
         self.by_reason[refused.reason] += 1
-        self.refused_by_way[way] += 1
+        self.refused_by_way[way] = self.refused_by_way.get(way, 0) + 1
         self.last_refusal = f"{source}: {refused}"
         return self.last_refusal
 
@@ -67,7 +70,7 @@ class Stats:
             self.by_reason[reason] += int(count)
             self.refused += int(count)
             if way:
-                self.refused_by_way[way] += int(count)
+                self.refused_by_way[way] = self.refused_by_way.get(way, 0) + int(count)
         last = counters.get("last_refusal")
         if last:
             self.last_refusal = str(last)

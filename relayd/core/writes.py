@@ -37,12 +37,13 @@ class Relay(Generic[PV]):
         return self.put_spec(self.grammar.spec_for(name), raw, ts_ns, now)
 
     def put_spec(self, spec: PVSpec, raw: object, ts_ns: int, now: float = 0.0,
-                 writer: str = "", way: str = Way.CA) -> tuple[PV, bool]:
+                 writer: str = "", way: str = Way.CA.value) -> tuple[PV, bool]:
         """Put `raw` to the PV described by `spec` (its name already parsed), for
         `writer` (the PV's last writer, see `apply`) coming in by `way`."""
         stored = convert(spec, raw)
         pv = self.registry.ensure(spec)
-        alarm_changed = self.apply(pv, stored, ts_ns, now, None, writer)
+        alarm_changed = self.apply(pv, stored, ts_ns, now)
+        pv.state.writer = writer
         self.stats.accepted_by_way[way] += 1
         return pv, alarm_changed
 
@@ -54,19 +55,18 @@ class Relay(Generic[PV]):
         return self.registry.ensure(self._parse(name, name))
 
     def apply(self, pv: PV, stored: Stored, ts_ns: int, now: float = 0.0,
-              meta: dict | None = None, writer: str = "") -> bool:
+              meta: dict | None = None) -> bool:
         """Apply a value already converted for `pv`; True if its alarm changed.
 
         The one place a value is applied, whichever way it came in. `meta`, attribute
         changes already checked (`meta.check_changes`), are applied first, so the value's
-        alarm is judged by the new limits. `writer` says who sent it (``zmq 10.0.0.5``,
-        ``ca user@host``): the PV's last writer. The caller counts it by way in.
+        alarm is judged by the new limits. The caller counts it by way in and sets the
+        PV's last writer (``state.writer``: once per batch for a batch of updates).
         """
         state = pv.state
         if meta:
             state.meta = replace(state.meta, **meta)
         self.stats.accepted += 1
-        state.writer = writer
         state.updates += 1
         return state.put(stored, ts_ns, now)
 

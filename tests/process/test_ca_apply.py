@@ -60,8 +60,10 @@ class Post:
 class RecordingServer:
     """An `IngestServer` that records what `PipeIngest` asks of it."""
 
-    def __init__(self, max_pvs: int = 1000):
-        self.relay: Relay[RecordedPV] = Relay(GRAMMAR, Registry(GRAMMAR, RecordedPV, max_pvs))
+    def __init__(self, max_pvs: int = 1000, max_bytes: int = 4 * 1024**3):
+        self.relay: Relay[RecordedPV] = Relay(GRAMMAR, Registry(
+            GRAMMAR, RecordedPV, max_pvs, max_bytes=max_bytes))
+        self.autosaver: Any = None  # touched as the CA server does, when set
         self.posts: list[Post] = []
         self.refusals: list[tuple[Reason, str, str]] = []
         self.deleted: list[str] = []
@@ -81,6 +83,8 @@ class RecordingServer:
         everything = {name: plain(other.state.served())
                       for name, other in self.relay.registry.pvs.items()}
         self.posts.append(Post(pv.state.spec.name, mask, plain(pv.state.served()), everything))
+        if self.autosaver is not None:
+            self.autosaver.touch(pv.state)
 
     def meta_changed(self, pv: RecordedPV, alarm_changed: bool, now: float) -> None:
         self.meta_changes.append((pv.state.spec.name, alarm_changed))
@@ -460,8 +464,8 @@ def test_accepted_and_refused_are_counted_by_way_in(small_rig: Rig) -> None:
     rig.send()
     assert rig.drain()
     stats = rig.stats
-    assert dict(stats.accepted_by_way) == {"zmq": 1, "http": 2}  # a delete is no update
-    assert dict(stats.refused_by_way) == {"http": 1, "zmq": 1}
+    assert stats.accepted_by_way == {"ca": 0, "zmq": 1, "http": 2, "pva": 0}  # no delete
+    assert stats.refused_by_way == {"ca": 0, "zmq": 1, "http": 1, "pva": 0}
     assert stats.accepted == sum(stats.accepted_by_way.values())
     assert stats.refused == sum(stats.refused_by_way.values())
     assert stats.refused_by_way[Way.HTTP] == 1  # a Way finds its value's entry

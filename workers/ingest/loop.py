@@ -52,7 +52,6 @@ STOP_FORWARD_SHARE = 0.3
 STOP_ANSWER_SHARE = 0.5
 QUIET = 0.05  # seconds without a message after which PULL is taken to be empty
 _ZMQ = Way.ZMQ.value
-PUSH_SOURCE = _ZMQ  # the writer of a pushed value (see `gather`)
 
 
 def run(env: ChildEnv) -> None:
@@ -245,9 +244,10 @@ class Worker:
 def gather(sock: zmq.Socket, ingest: Ingest) -> list:
     """Every push waiting (up to a bound), as batches (`Batch`es, as tuples).
 
-    A pushed value's writer is ``zmq``: looking the sender's address up costs ~0.25 µs a
-    message (`zmq.Frame.get`), several percent of the worker's hot path. Acknowledged
-    requests carry it (``zmq 10.0.0.5``).
+    A push names no sender (its `Batch.source` is "": the PV's writer shows ``zmq``):
+    looking the sender's address up costs ~0.25 µs a message (`zmq.Frame.get`), several
+    percent of the worker's hot path. Acknowledged requests name theirs
+    (``zmq 10.0.0.5``).
     """
     batches = []
     size = updates = 0
@@ -264,8 +264,9 @@ def gather(sock: zmq.Socket, ingest: Ingest) -> list:
             ingest.internal_error()
             continue
         if ops:
-            # A tuple in Batch's field order: a NamedTuple costs ~0.2 µs more to make.
-            batches.append((ops, _ZMQ, PUSH_SOURCE, None, False))
+            # A tuple in Batch's field order, its defaults left out (see `Batch`): a
+            # NamedTuple costs ~0.2 µs more to make, and each field to pack and unpack.
+            batches.append((ops, _ZMQ))
             updates += len(ops)
         if size >= MAX_FORWARD_BYTES or updates >= MAX_UPDATES_PER_FORWARD:
             break

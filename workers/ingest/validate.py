@@ -32,8 +32,9 @@ class Ingest:
 
     def __init__(self, intake: Intake):
         self.intake = intake
-        self._messages = 0
-        self.received = 0  # messages since start, never reset (for the stop's log line)
+        self._prepare = intake.prepare
+        self.received = 0  # messages since start (reported as increments: `take_counters`)
+        self._reported = 0
         self._denials_seen = 0
         self._updates = 0
         self._refused: Counter[str] = Counter()
@@ -60,7 +61,6 @@ class Ingest:
     def handle(self, message: bytes, arrival_ns: int, source: str = SOURCE
                ) -> list[PipeOp]:
         """The accepted updates of one message, as pipe ops, in message order."""
-        self._messages += 1
         self.received += 1
         try:
             decoded = protocol.decode(message)
@@ -80,7 +80,7 @@ class Ingest:
         self._updates += len(decoded.updates) + len(decoded.refused)
         problems = [(getattr(refused, "index", 0), refused) for refused in decoded.refused]
         ops: list[PipeOp] = []
-        prepare = self.intake.prepare
+        prepare = self._prepare
         for update in decoded.updates:
             try:
                 op = prepare(update, arrival_ns)
@@ -109,20 +109,20 @@ class Ingest:
 
     def count_message(self) -> None:
         """One more message received (one that `handle` did not see: a request)."""
-        self._messages += 1
         self.received += 1
 
     def take_counters(self) -> dict:
         """Counters since the last call (for `relay.Stats.merge_worker`), then reset."""
         counters: dict = {}
-        if self._messages:
-            counters["messages"] = self._messages
+        if self.received != self._reported:
+            counters["messages"] = self.received - self._reported
         if self._updates:
             counters["updates"] = self._updates
         if self._refused:
             counters["refused"] = dict(self._refused)
             counters["last_refusal"] = self._last_refusal
             counters["way"] = Way.ZMQ.value
-        self._messages = self._updates = 0
+        self._reported = self.received
+        self._updates = 0
         self._refused.clear()
         return counters
