@@ -57,6 +57,7 @@ class Acks:
         self.ingest = ingest
         self.router = router
         self.pending: dict[int, Pending] = {}
+        self.received = 0  # requests since start
         self._next = random.getrandbits(62)
         self._expired = 0
         self._log = RateLimitedLog(log, burst=3, period=60.0)
@@ -70,6 +71,7 @@ class Acks:
         """One request as received: the batch to forward (a `Batch`, as a tuple), or
         None when it was answered at once."""
         self.ingest.count_message()
+        self.received += 1
         envelope = [frame.bytes for frame in frames[:-1]]
         body = frames[-1]
         try:

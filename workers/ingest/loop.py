@@ -7,11 +7,12 @@ write. The CA process's verdicts come back on the down pipe and go out as replie
 Nothing a client sends can make the worker raise: every message is handled inside one
 try.
 
-On SIGTERM (`Worker.stop`) it loses nothing it has received: it unbinds PULL (senders
-keep what they have not sent yet, for the next relay), takes in every message ZMQ has
-already received on both sockets, forwards them, waits for the verdicts of the requests
-among them and answers them, all within shares of ``--stop-grace``; the CA process (which
-the supervisor stops only after the workers) applies and saves them.
+On SIGTERM (`Worker.stop`) it loses nothing it has received: it reads on until the
+sockets are quiet (at most PRE_CUT: what waits in the network's buffers comes in), unbinds
+PULL (senders keep what they have not sent yet, for the next relay), takes in every
+message ZMQ has already received on both sockets, forwards them, waits for the verdicts
+of the requests among them and answers them, all within shares of ``--stop-grace``; the
+CA process (which the supervisor stops only after the workers) applies and saves them.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ PIPE_RETRY = 0.5  # seconds a forward waits for room in the pipe before a heartb
 STOP_FORWARD_SHARE = 0.3
 STOP_ANSWER_SHARE = 0.5
 QUIET = 0.05  # seconds without a message after which PULL is taken to be empty
+PRE_CUT = 0.5  # seconds at most of reading before the PULL endpoints are unbound
 _ZMQ = Way.ZMQ.value
 
 
@@ -169,41 +171,50 @@ class Worker:
             send(self.writer, encode(forward), self.env.lifeline, give_up)
 
     def stop(self) -> None:
-        """Take in, forward and answer what ZMQ received, within shares of the grace."""
+        """Take in, forward and answer what ZMQ received, within shares of the grace;
+        log what was received (pushes and requests) and whether all of it went on."""
         start = time.monotonic()
         forward_by = start + STOP_FORWARD_SHARE * self.config.stop_grace
         answer_by = start + STOP_ANSWER_SHARE * self.config.stop_grace
-        before = self.ingest.received
+        before = self._received()
+        # Still bound, first: what waits in the network's buffers (a worker that was
+        # stalled) comes in, instead of being cut off with the connections.
+        complete = self.take_in(min(start + PRE_CUT, forward_by), forward_by)
         self.sockets.stop_pushes()
-        complete = self.take_in(forward_by)
-        taken = self.ingest.received - before
+        complete = complete and self.take_in(forward_by, forward_by)
         waiting = self.await_verdicts(answer_by)
-        counters = self.ingest.take_counters()
-        if counters:
-            self.forward([], lambda: time.monotonic() >= answer_by)
+        # The last counters (refusals while stopping) go with one more forward.
+        complete &= self.forward([], lambda: time.monotonic() >= answer_by)
+        (pushes, requests), (pushes_before, requests_before) = self._received(), before
+        received = (f"{pushes} pushes and {requests} requests received since start "
+                    f"({pushes - pushes_before} and {requests - requests_before} of them "
+                    "after the stop signal)")
         if complete and not waiting:
-            log.info("stopping: %d messages received since start, %d of them taken in "
-                     "after the stop signal, every one forwarded and every request "
-                     "answered", self.ingest.received, taken)
+            log.info("stopping: %s, every one forwarded and every request answered",
+                     received)
         else:
-            log.warning("stopping: %d messages received since start, %d after the stop "
-                        "signal; %s; %d acknowledged requests unanswered (their senders "
-                        "are told nothing)", self.ingest.received, taken,
-                        "every one forwarded" if complete else
+            log.warning("stopping: %s; %s; %d requests unanswered (their senders are told "
+                        "nothing)", received, "every one forwarded" if complete else
                         "the rest could not be forwarded within the stop grace", waiting)
 
-    def take_in(self, deadline: float) -> bool:
-        """Read both sockets until PULL has been quiet for QUIET seconds and the ROUTER
-        is empty, forwarding as it goes; False if the deadline cut it short."""
+    def _received(self) -> tuple[int, int]:
+        """(pushes, requests) received since start."""
+        requests = self.acks.received if self.acks is not None else 0
+        return self.ingest.received - requests, requests
+
+    def take_in(self, until: float, forward_by: float) -> bool:
+        """Read both sockets, forwarding as it goes, until PULL has been quiet for QUIET
+        seconds and the ROUTER read empty once, or `until`; False if a forward could not
+        go out by `forward_by` (the pipe stayed full)."""
         sockets = self.sockets
         quiet_since = time.monotonic()
         router_open = sockets.router is not None
-        give_up = lambda: time.monotonic() >= deadline  # noqa: E731
+        give_up = lambda: time.monotonic() >= forward_by  # noqa: E731
         unsent, self.unsent = self.unsent, []
         for payload in unsent:
             if not send(self.writer, payload, self.env.lifeline, give_up):
                 return False
-        while time.monotonic() < deadline:
+        while time.monotonic() < until:
             before = self.ingest.received
             batches = gather(sockets.pull, self.ingest)
             got_pull = self.ingest.received != before
@@ -218,10 +229,10 @@ class Worker:
             if got_pull or router_open:
                 quiet_since = now
             elif now - quiet_since >= QUIET:
-                return True
+                break
             else:
                 sockets.pull.poll(int(QUIET * 1000))
-        return False
+        return True
 
     def await_verdicts(self, deadline: float) -> int:
         """Answer the requests forwarded so far as their verdicts come; how many are
