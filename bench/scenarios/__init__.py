@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from bench.scenarios.acks import acks
 from bench.scenarios.arrays import arrays
 from bench.scenarios.autosave import autosave
 from bench.scenarios.ca_puts import ca_puts
@@ -41,6 +42,7 @@ SCENARIOS = (
     Scenario("caget_under_load", caget_under_load, summary="CA read latency during heavy ingest"),
     Scenario("soak", soak, quick=False, summary="50k updates/s for --soak-minutes, RSS growth"),
     Scenario("autosave", autosave, summary="autosave cost and restore time (skipped without autosave)"),
+    Scenario("acks", acks, summary="acknowledged updates/s (1 and 64 in flight) vs fire-and-forget"),
 )
 
 BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}

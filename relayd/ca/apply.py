@@ -19,6 +19,7 @@ tested with real pipes and a recording server, without pcas.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections import deque
 from typing import Any, Callable, Protocol
@@ -42,6 +43,8 @@ SOURCE = SOURCES[Way.ZMQ.value]
 # the events of the last cycle may not have left yet.
 POSTS_PER_CYCLE = 2
 
+# The canonical str of each way: a PV's writer holds it, not a copy off the wire.
+_WAYS = {way.value: way.value for way in Way}
 # Enum members are slow to look up in Python 3.11 (~60 ns each): the loop uses these.
 _PUT, _DELETE, _META = Op.PUT, Op.DELETE, Op.META
 
@@ -196,13 +199,15 @@ class PipeIngest:
         it if it asks. The number of ops applied or refused."""
         if len(batch) == 2:  # a push, its defaults left out (see `relayd.core.ops`)
             ops, way = batch
-            source, reply, durable = "", None, False
+            reply, durable = None, False
+            writer = _WAYS.get(way, way)  # a push names no sender: the way is its writer
         else:
             ops, way, source, reply, durable = batch
-        writer = source or way  # pushes name no sender (looking it up costs, see gather)
+            # One str per sender, not one per batch held by every PV it wrote.
+            writer = sys.intern(source) if source else _WAYS.get(way, way)
         verdicts: list | None = None if reply is None else []
         not_counted = 0  # refusals and deletes: not accepted updates
-        touched: dict[Any, int] = {}
+        touched: dict[Any, int] = {}  # the PVs to post, with their DBE masks
         relay = self.relay
         pvs = relay.registry.pvs
         now = time.monotonic()
@@ -237,9 +242,7 @@ class PipeIngest:
         self._accepted_by_way[way] += len(ops) - not_counted
         # Then post each PV the batch touched, once, and note PVs posted POSTS_PER_CYCLE
         # times (inline: a call per batch shows when every message is a batch of one).
-        stamps = self._stamps
-        posts = self._posts
-        applied = self.server.applied
+        stamps, posts, applied = self._stamps, self._posts, self.server.applied
         for pv, mask in touched.items():
             state = pv.state
             state.writer = writer

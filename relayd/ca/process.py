@@ -43,6 +43,7 @@ from relayd.ca.wakeup import Wakeup
 log = logging.getLogger("relayd.ca")
 
 IDLE = 0.2  # longest wait in the CA library when nothing happens, seconds
+HELD_WAIT = 0.002  # ... while answers wait for an autosave commit (it comes from a thread)
 INGEST_BUDGET = 0.002  # longest stretch of applying ingest before serving CA again
 CYCLE_UPDATES = 2000  # most updates applied between two turns of the CA library
 HOUSEKEEPING = 0.5  # seconds between heartbeats and lifeline checks
@@ -139,7 +140,8 @@ class CALoop:
         empty = True
         while not self.may_stop():
             deadline = self.server.stale_watch.next_deadline()
-            self.ca_turn(IDLE if empty else 0.0, deadline)
+            wait = IDLE if empty else 0.0
+            self.ca_turn(min(wait, HELD_WAIT) if self.replies.pending() else wait, deadline)
             empty = self.ingest.drain(CYCLE_UPDATES, INGEST_BUDGET)
             now = time.monotonic()
             self.after_cycle(now, deadline)

@@ -56,12 +56,15 @@ class Stats:
         """Add counters the ingest worker reports (increments since its last report).
 
         ``{"messages": n, "updates": n, "refused": {reason code: n}, "last_refusal": text,
-        "way": way}``, `way` being the way in of the refusals (`Way`'s value); unknown keys
-        and reason codes are ignored, so old and new processes interwork.
+        "way": way}``, `way` being the worker's way in (`Way`'s value): its messages and
+        updates are the ZMQ ones (``status:zmq:*``) when it is ``zmq`` (or not given), its
+        refusals are counted by it. Unknown keys and reason codes are ignored, so old and
+        new processes interwork.
         """
         way = str(counters.get("way", ""))
-        self.zmq_messages += int(counters.get("messages", 0))
-        self.zmq_updates += int(counters.get("updates", 0))
+        if way in ("", Way.ZMQ.value):
+            self.zmq_messages += int(counters.get("messages", 0))
+            self.zmq_updates += int(counters.get("updates", 0))
         for code, count in dict(counters.get("refused", {})).items():
             try:
                 reason = Reason(code)

@@ -288,3 +288,35 @@ def test_at_stop_what_was_received_is_forwarded_and_answered(chain: Chain) -> No
         ca.join(5)
     assert outcome == [f"{PREFIX}:s{i}_f1" for i in range(20)]
     assert len(chain.server.relay.registry.pvs) == 20
+
+
+def test_a_req_socket_is_answered_too_and_an_extra_frame_is_malformed(chain: Chain) -> None:
+    """REQ adds an empty delimiter frame, and gets it back; a DEALER sending two frames
+    sends a request the worker cannot read as one."""
+    from relayd.core.acks import encode_request
+
+    context = zmq.Context()
+    req = context.socket(zmq.REQ)
+    dealer = context.socket(zmq.DEALER)
+    for sock in (req, dealer):
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(chain.ack_endpoint)
+    try:
+        req.send(encode_request(1, {"pv": "req_f1", "value": 1.0}))
+        dealer.send_multipart([b"extra", encode_request(2, {"pv": "x_f1", "value": 1.0})])
+        replies = {}
+        deadline = time.monotonic() + 10
+        while len(replies) < 2:
+            assert time.monotonic() < deadline
+            chain.step()
+            for name, sock in (("req", req), ("dealer", dealer)):
+                if sock.poll(0):
+                    replies[name] = decode_reply(sock.recv_multipart()[-1])
+    finally:
+        req.close()
+        dealer.close()
+        context.term()
+    assert [result.pv for result in replies["req"].results] == [f"{PREFIX}:req_f1"]
+    assert replies["dealer"].error.reason == "malformed"
+    assert "a request is one frame (DEALER)" in replies["dealer"].error.text
+    assert f"{PREFIX}:x_f1" not in chain.server.relay.registry.pvs

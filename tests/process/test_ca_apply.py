@@ -129,7 +129,7 @@ class Rig:
         the worker does (one pipe message)."""
         self._seq += 1
         sent = time.monotonic_ns() if sent_ns is None else sent_ns
-        wrapped = [b if isinstance(b, Batch) else Batch(b, Way.ZMQ, "zmq") for b in batches]
+        wrapped = [b if isinstance(b, tuple) else Batch(b, Way.ZMQ, "zmq") for b in batches]
         forward = Forward(self._seq, sent, wrapped, self.worker.take_counters())
         assert self.pipes[role][1].send(encode(forward), 5.0)
 
@@ -453,6 +453,9 @@ def test_each_pv_keeps_its_last_writer_and_its_count_of_values(rig: Rig) -> None
     rig.drain_all()
     state = rig.server.relay.registry.pvs[f"{PREFIX}:w_f1"].state
     assert (state.writer, state.updates) == ("http 127.0.0.1", 3)  # attributes are no value
+    rig.send((rig.batch(update("w_f1", 4.0)), "zmq"))  # a push, as the worker sends it
+    rig.drain_all()
+    assert (state.writer, state.updates) == ("zmq", 4)
 
 
 def test_accepted_and_refused_are_counted_by_way_in(small_rig: Rig) -> None:

@@ -106,3 +106,20 @@ def test_any_bytes_are_a_request_or_refused_malformed(frame: bytes) -> None:
         assert bad.refused.reason is Reason.MALFORMED
         return
     assert len(request.names) == len(request.decoded.updates) + len(request.decoded.refused)
+
+
+# --- the options ---------------------------------------------------------------------------
+
+
+def test_the_acknowledged_socket_options() -> None:
+    from relayd.config import Config, parse
+
+    assert Config().ack_endpoints == ("tcp://127.0.0.1:5556",)
+    assert Config(no_zmq_ack=True).ack_endpoints == ()
+    assert parse(["--zmq-ack-bind", "tcp://127.0.0.1:7001", "--zmq-ack-bind",
+                  "ipc:///tmp/x"]).ack_endpoints == ("tcp://127.0.0.1:7001", "ipc:///tmp/x")
+    assert parse(["--no-zmq-ack"]).ack_endpoints == ()
+    assert Config(zmq_ack_bind=(), no_zmq_ack=True).ack_endpoints == ()
+    for bad in ({"zmq_ack_bind": ()}, {"zmq_ack_bind": ("",)}, {"zmq_ack_bind": (5,)}):
+        with pytest.raises(ValueError, match="zmq_ack_bind"):
+            Config(**bad)

@@ -165,7 +165,7 @@ def test_counters_of_good_messages() -> None:
     ingest.handle(dumps(encode_update("x_f1", 1.0)), ARRIVAL)
     ingest.handle(dumps([encode_update("x_f1", 2.0), encode_update("y_i1", 2)]), ARRIVAL)
     ingest.handle(dumps([]), ARRIVAL)
-    assert ingest.take_counters() == {"messages": 3, "updates": 3}
+    assert ingest.take_counters() == {"messages": 3, "updates": 3, "way": "zmq"}
     assert ingest.take_counters() == {}
 
 

@@ -121,6 +121,7 @@ class Ingest:
         if self._refused:
             counters["refused"] = dict(self._refused)
             counters["last_refusal"] = self._last_refusal
+        if counters:
             counters["way"] = Way.ZMQ.value
         self._reported = self.received
         self._updates = 0
