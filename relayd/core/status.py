@@ -84,7 +84,7 @@ STATUS_PVS: tuple[StatusPV, ...] = (
              "updates in those messages (accepted or refused)",
              lambda relay, started: float(relay.stats.zmq_updates)),
     StatusPV("status:pipe:backlog", Kind.FLOAT, 1,
-             "bytes forwarded by the ingest worker not yet read by the CA process",
+             "bytes forwarded by the workers not yet read by the CA process (all up pipes)",
              lambda relay, started: float(relay.stats.pipe_backlog)),
     StatusPV("status:pipe:lag", Kind.FLOAT, 1,
              "seconds from the worker forwarding a batch to the CA process applying it "
