@@ -12,6 +12,7 @@ from pathlib import Path
 from bench.procs import PYTHON, REPO, Epics, Proc, Procs, Server
 
 PUSHER = REPO / "bench" / "pusher.py"
+ACKER = REPO / "bench" / "acker.py"
 
 
 class Clients:
@@ -103,3 +104,11 @@ class Clients:
                 "--start-index", str(start_index), "--start-at", repr(start_at)]
         env = self.epics.client_env(0)
         return self.procs.start("pusher", args, env)
+
+    def acker(self, endpoint: str, full_pattern: str, n: int, *, updates: int, window: int,
+              client: str = "raw", durable: bool = False) -> Proc:
+        """Start an acker process (bench/acker.py): acknowledged requests, verdicts counted."""
+        args = [PYTHON, str(ACKER), "--endpoint", endpoint, "--pattern", full_pattern,
+                "--n", str(n), "--updates", str(updates), "--window", str(window),
+                "--client", client, *(["--durable"] if durable else [])]
+        return self.procs.start("acker", args, self.epics.client_env(0))

@@ -368,6 +368,7 @@ class Relay(Server):
     """relayd started as a real subprocess: ``python -m relayd``."""
 
     args: list[str] = field(default_factory=list)
+    ack_endpoint: str = ""  # the acknowledged (ROUTER) socket's endpoint
 
     started: float = 0.0  # time.monotonic() just before the process was started
     ready_s: float = 0.0  # seconds from start until both children were ready
@@ -388,13 +389,16 @@ class Relay(Server):
         """
         port = free_port()
         endpoint = f"tcp://{address}:{free_port((socket.SOCK_STREAM,))}"
-        command = [PYTHON, "-m", "relayd", "--prefix", prefix, "--zmq-bind", endpoint, *args]
+        ack = f"tcp://{address}:{free_port((socket.SOCK_STREAM,))}"  # never the default port
+        command = [PYTHON, "-m", "relayd", "--prefix", prefix, "--zmq-bind", endpoint,
+                   "--zmq-ack-bind", ack, *args]
         state_home = procs.workdir / "state"
         environ = epics.server_env(port, XDG_STATE_HOME=str(state_home), **(env or {}))
         started = time.monotonic()
         proc = procs.start(f"relayd-{prefix}", command, environ)
         relay = cls("relayd", prefix, port, proc, endpoint, list(args), started=started,
-                    autosave_path=state_home / "relayd" / f"{prefix}.sqlite")
+                    autosave_path=state_home / "relayd" / f"{prefix}.sqlite",
+                    ack_endpoint=ack)
         relay.wait_ready(ready_timeout)
         return relay
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from bench.scenarios.acks import acks
 from bench.scenarios.arrays import arrays
 from bench.scenarios.autosave import autosave
 from bench.scenarios.buffers import buffers
@@ -51,6 +52,7 @@ SCENARIOS = (
     Scenario("pva_scalars", pva_scalars, summary="1000 PVs via ZMQ -> PVA monitor vs bare p4p, updates/s"),
     Scenario("pva_arrays", pva_arrays, summary="10 x 10,000 float64 via ZMQ -> PVA monitor vs bare p4p, MB/s"),
     Scenario("pva_ca_cost", pva_ca_cost, summary="CA updates/s with PVA served vs --no-pva"),
+    Scenario("acks", acks, summary="acknowledged updates/s (1 and 64 in flight) vs fire-and-forget"),
 )
 
 BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}

@@ -62,6 +62,18 @@ def put_source(client: Any) -> str:
     return f"CA put from {client.user}@{client.host}"
 
 
+def ca_writer(client: Any) -> str:
+    """The last writer of a PV a CA client put to (``ca user@host``, as it claims)."""
+    return _writer(client.user, client.host)
+
+
+@functools.lru_cache(maxsize=1024)
+def _writer(user: str, host: str) -> str:
+    # Formatting costs more than the rest of the bookkeeping of a CA put: a few clients
+    # put again and again, so each writer is made once.
+    return f"ca {user}@{host}"
+
+
 class Handler(Protocol):
     """Who decides what a put to, or the release of, a `ServedPV` means."""
 

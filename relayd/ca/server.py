@@ -17,7 +17,7 @@ from pcaspy import cas
 
 from relayd.store.writer import Autosaver
 from relayd.ca.pvs import (
-    DBE_ALL, DBE_PROPERTY, DBE_VALUE_LOG, FieldPV, ServedPV, guarded, put_source,
+    DBE_ALL, DBE_PROPERTY, DBE_VALUE_LOG, FieldPV, ServedPV, ca_writer, guarded, put_source,
 )
 from relayd.config import Config
 from relayd.ca.control import ControlPVs
@@ -25,6 +25,7 @@ from relayd.core.errors import Reason, Refused
 from relayd.logs import RateLimitedLog
 from relayd.core.meta import FIELDS, Field, Meta, check_changes
 from relayd.core.names import Grammar, PVSpec
+from relayd.core.ops import Way
 from relayd.core.pvstate import PVState
 from relayd.core.registry import Registry
 from relayd.core.writes import Relay
@@ -104,9 +105,9 @@ class CAServer(cas.caServer):
             pv.setAccessSecurityGroup(ASG_RELAY)
         return pv
 
-    def report(self, refused: Refused, source: str) -> int:
-        """Count and log (rate-limited) a refusal; return the CA status for it."""
-        text = self.relay.stats.count_refusal(refused, source)
+    def report(self, refused: Refused, source: str, way: str = Way.CA.value) -> int:
+        """Count (by way in) and log (rate-limited) a refusal; return the CA status for it."""
+        text = self.relay.stats.count_refusal(refused, source, way)
         self._refusals.warning(refused.reason, "refused %s", text)
         return PUT_STATUS[refused.reason]
 
@@ -173,18 +174,20 @@ class CAServer(cas.caServer):
         try:
             if self.relay.registry.lookup(spec.name) is not pv:
                 raise Refused(Reason.NO_SUCH_PV, f"{spec.name} was deleted")
-            self.client_put(spec, ca_gdd.extract(value, spec))
+            self.client_put(spec, ca_gdd.extract(value, spec), writer=ca_writer(client))
         except Refused as refused:
             return self.report(refused, put_source(client))
         return cas.S_casApp_success
 
     def client_put(self, spec: PVSpec, raw: object, ts_ns: int | None = None,
-                   meta: dict | None = None) -> ServedPV:
+                   meta: dict | None = None, writer: str = "",
+                   way: str = Way.CA.value) -> ServedPV:
         """A client's put (CA or PVA): converted, applied (the PV made if needed) and
-        posted; `Refused` if not. `ts_ns` None: the time of arrival."""
+        posted; `Refused` if not. `ts_ns` None: the time of arrival; `writer` becomes the
+        PV's last writer, `way` counts it."""
         now = time.monotonic()
         pv, alarm_changed = self.relay.put_spec(
-            spec, raw, time.time_ns() if ts_ns is None else ts_ns, now, meta)
+            spec, raw, time.time_ns() if ts_ns is None else ts_ns, now, meta, writer, way)
         mask = DBE_ALL if alarm_changed else DBE_VALUE_LOG
         self.applied(pv, mask | DBE_PROPERTY if meta else mask, now)
         return pv

@@ -44,7 +44,8 @@ from typing import Iterable, Iterator, Mapping
 
 import zmq
 
-from relayd.client.push import Batch, Client, RelayError
+from relayd.client.errors import RelayError
+from relayd.client.push import Batch, Client
 from relayd.core.names import validate_prefix
 
 

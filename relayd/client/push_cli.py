@@ -1,8 +1,11 @@
 """The ``relay-push`` command: put one value, delete a PV, or stream lines, from a shell.
 
 Values are typed by the name's suffix, so a typo is caught here, before anything is
-sent, instead of being refused silently on the relay (a push gets no reply). Exit codes:
-0 sent, 1 the relay could not be reached within ``--timeout``, 2 a usage error.
+sent. By default it waits for the relay's verdict (protocol version 2, through the
+relay's acknowledged socket) and says what the relay said; ``--no-wait`` pushes and
+leaves (version 1). Exit codes: 0 accepted (or, with ``--no-wait``, queued), 1 no answer
+from the relay within ``--timeout``, 2 a usage error, 3 refused by the relay (its reason
+on stderr), 4 applied but not saved although ``--durable`` asked.
 """
 
 from __future__ import annotations
@@ -12,13 +15,18 @@ import queue
 import sys
 import threading
 import time
-from typing import BinaryIO, Callable, Iterator, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 from relayd.core import protocol
-from relayd.client.push import Client, RelayError
-from relayd.core.errors import Refused
-from relayd.core.meta import FIELDS, META_KEYS, check_changes
-from relayd.core.names import Grammar, Kind, NameLimits, PVSpec
+from relayd.client.acked import ack_endpoint_for
+from relayd.client.errors import (
+    BatchRefused, NotDurable, RelayError, UpdateRefused,
+)
+from relayd.client.push import Client
+from relayd.client.words import (  # noqa: F401 (chunks, parse_meta: tests use them here)
+    UsageError, chunks, clean_line, parse_meta, parse_spec, parse_value,
+)
+from relayd.core.names import Kind
 
 PROG = "relay-push"
 
@@ -29,9 +37,6 @@ LINES_MAX_UPDATES = 1000
 LINES_MAX_BYTES = 4 * 1024 * 1024
 
 _EOF = None
-
-# An i PV holds int32 (relayd.values has the same bounds, but imports numpy).
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 DESCRIPTION = """\
 Push a value to an EPICS relay (relayd) over ZeroMQ.
@@ -47,6 +52,10 @@ values than the name's count, is an error and nothing is sent.
 
 NAME may carry the relay's prefix or not (relay:temp_f1 and temp_f1 are the same PV).
 Put "--" before values that start with "-" and are not plain numbers (-- -1e-3).
+
+It waits for the relay's verdict: through the relay's acknowledged socket, by default
+ENDPOINT's host at port 5556 (the default of relayd's --zmq-ack-bind; --ack-endpoint to
+give another). --no-wait only pushes to ENDPOINT, as fast as it goes, with no answer.
 """
 
 EPILOG = """\
@@ -59,6 +68,8 @@ examples:
   relay-push --ts 1700000000.5 tcp://relayhost:5555 temperature_lab_f1 21.2
   relay-push --delete tcp://relayhost:5555 temperature_lab_f1
   make 2>&1 | relay-push --lines tcp://relayhost:5555 build_log_C20000
+  relay-push --no-wait tcp://relayhost:5555 temperature_lab_f1 21.2
+  relay-push --durable --ack-endpoint tcp://relayhost:6556 tcp://relayhost:5555 runs_i1 7
 
 --lines reads standard input as UTF-8 (undecodable bytes become U+FFFD, as do NUL
 characters, which would end the text on the relay) and appends every line, with its
@@ -67,83 +78,16 @@ chunks of at most <count> bytes, so the buffer ends with the line's tail. Lines 
 arrive within 50 ms go out as one message, so fast output keeps up. It stops at the end
 of input after sending everything.
 
-exit status: 0 sent (queued for the relay: a push gets no reply, so refusals show on
-the relay's status PVs and log), 1 no relay reachable at ENDPOINT within --timeout
-(one line on stderr), 2 usage error (nothing sent).
+--lines waits for the verdict of each group of lines; a refused line is reported on
+stderr and the tail goes on (exit status 3 at the end).
+
+exit status: 0 accepted by the relay (with --no-wait: queued for it; a push gets no
+reply, so refusals show only on the relay's status PVs and log), 1 no answer from the
+relay within --timeout (one line on stderr; the update may or may not have been
+applied), 2 usage error (nothing sent), 3 refused by the relay (its reason code and text
+on stderr: "relay-push: NAME: REASON: TEXT"), 4 applied but not saved to the relay's
+autosave file although --durable asked (why, on stderr).
 """
-
-
-class UsageError(Exception):
-    """A bad command line: reported in one line, exit status 2, nothing sent."""
-
-
-# --- parsing ------------------------------------------------------------------------------
-
-
-def parse_spec(name: str) -> PVSpec:
-    """The spec that NAME's suffix gives, with or without the relay's prefix."""
-    # The prefix is the relay's business; parse under a throw-away one, without limits.
-    grammar = Grammar("_", NameLimits(max_name_length=sys.maxsize, max_elements=sys.maxsize))
-    try:
-        spec = grammar.parse("_:" + name)
-    except Refused:
-        spec = None
-    if spec is None:
-        raise UsageError(
-            f"{name!r} does not end in _<dtype><count> (dtype f, i or c, or F, I, C for "
-            "a buffer of count >= 2; name of letters, digits, '_', '-', ':')"
-        )
-    return spec
-
-
-def parse_int(text: str) -> int:
-    """An int32 in decimal (leading zeros allowed) or with a 0x/0o/0b prefix."""
-    try:
-        number = int(text, 0)
-    except ValueError:
-        number = int(text, 10)
-    if not INT32_MIN <= number <= INT32_MAX:
-        raise ValueError(f"{text} is outside the int32 range")
-    return number
-
-
-_NUMBER: dict[Kind, tuple[Callable[[str], object], str]] = {
-    Kind.FLOAT: (float, "a float"),
-    Kind.INT: (parse_int, "an int32 integer"),
-}
-
-
-def parse_value(spec: PVSpec, words: Sequence[str]) -> object:
-    """The value to send to `spec` for the VALUE arguments `words`."""
-    if not words:
-        raise UsageError("give a VALUE (or --delete, or --lines)")
-    if spec.kind is Kind.CHAR:
-        # Arguments that were not UTF-8 arrive with surrogate escapes; make them U+FFFD.
-        data = " ".join(words).encode("utf-8", errors="surrogateescape")
-        text = data.decode("utf-8", errors="replace")
-        size = len(text.encode("utf-8"))
-        if size > spec.count:
-            raise UsageError(f"text of {size} bytes does not fit {spec.count} ({_short(text)})")
-        return text
-    convert, what = _NUMBER[spec.kind]
-    tokens = [token.strip() for word in words for token in word.split(",")]
-    numbers = []
-    for token in tokens:
-        try:
-            numbers.append(convert(token))
-        except ValueError:
-            raise UsageError(
-                f"{token!r} is not {what} (NAME ends in _{spec.kind.value}...)"
-            ) from None
-    if len(numbers) > spec.count:
-        raise UsageError(f"{len(numbers)} values; the PV holds {spec.count}")
-    if len(numbers) == 1 and spec.is_scalar and not spec.buffer:
-        return numbers[0]
-    return numbers
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,9 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--lines", action="store_true",
                       help="append each line of standard input to the char buffer NAME")
     parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
-                        help="give up (exit 1) when no relay takes the message within "
-                             "this time; also the most time spent flushing at exit "
-                             "(default 5)")
+                        help="give up (exit 1) when no relay answers (with --no-wait: "
+                             "takes the message) within this time; also the most time "
+                             "spent flushing at exit (default 5)")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="push without waiting for the relay's verdict (protocol "
+                             "version 1: no answer, refusals only on the relay)")
+    parser.add_argument("--ack-endpoint", metavar="ENDPOINT",
+                        help="the relay's acknowledged socket (default: ENDPOINT's host, "
+                             "port 5556)")
+    parser.add_argument("--durable", action="store_true",
+                        help="wait until the relay has saved the update to its autosave "
+                             "file (exit 4 if it could not)")
     parser.add_argument("--ts", type=float, metavar="SECONDS",
                         help="source time stamp of a single put, POSIX seconds "
                              "(default: the relay's clock when it receives the value)")
@@ -180,49 +133,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_meta(items: list[str]) -> dict | None:
-    """``--meta FIELD=VALUE`` options as the attribute map (typed by the field table)."""
-    if not items:
-        return None
-    meta: dict[str, object] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip().lower()
-        field = FIELDS.get(key.upper())
-        if not sep or field is None or not field.writable:
-            raise UsageError(f"--meta {item!r}: expected FIELD=VALUE with FIELD one of "
-                             f"{', '.join(sorted(META_KEYS))}")
-        meta[key] = _meta_value(field.ca_type, text, item)
-    try:
-        check_changes(meta)  # the relay's own rules: a typo is caught before sending
-    except Refused as refused:
-        raise UsageError(f"--meta: {refused.detail}") from None
-    return meta
-
-
-def _meta_value(ca_type: str, text: str, item: str) -> object:
-    if ca_type == "string":
-        return text
-    if ca_type == "enum" and not text.strip().lstrip("-").isdigit():
-        return text.strip()
-    if ca_type == "double" and text.strip().lower() in ("none", "null", "nan", ""):
-        return None
-    try:
-        return int(text) if ca_type in ("short", "enum") else float(text)
-    except ValueError:
-        raise UsageError(f"--meta {item!r}: {text!r} is not a number") from None
-
-
 # --- running ------------------------------------------------------------------------------
 
 
 def _connect(args: argparse.Namespace) -> Client:
     # immediate: a one-shot command must fail when no relay is there (or none accepts
     # our key), not queue and exit 0.
+    if args.no_wait and (args.durable or args.ack_endpoint):
+        raise UsageError("--no-wait gets no answer: --durable and --ack-endpoint need one")
     try:
+        ack_endpoint = None
+        if not args.no_wait:
+            ack_endpoint = args.ack_endpoint or ack_endpoint_for(args.endpoint)
         return Client(args.endpoint, send_timeout=args.timeout, linger=args.timeout,
                       immediate=True, curve_secret_key=args.curve_secret_key,
-                      curve_server_key=args.curve_server_key)
+                      curve_server_key=args.curve_server_key, ack=not args.no_wait,
+                      ack_endpoint=ack_endpoint, timeout=args.timeout, durable=args.durable)
     except ValueError as error:
         raise UsageError(str(error)) from None
 
@@ -256,16 +182,6 @@ def push_one(args: argparse.Namespace) -> None:
         client.put(args.name, value, ts=args.ts, meta=meta)
 
 
-def chunks(line: bytes, size: int) -> list[bytes]:
-    """`line` cut into pieces of at most `size` bytes, in order."""
-    return [line[start:start + size] for start in range(0, len(line), size)] or [line]
-
-
-def clean_line(raw: bytes) -> bytes:
-    """A line of input as valid UTF-8 without NULs (a NUL would end the text on the relay)."""
-    return raw.decode("utf-8", errors="replace").replace("\0", "\ufffd").encode("utf-8")
-
-
 def _read_lines(stream: BinaryIO, lines: queue.Queue) -> None:
     try:
         for raw in iter(stream.readline, b""):
@@ -296,8 +212,9 @@ def windows(lines: queue.Queue) -> Iterator[list[bytes]]:
         yield group
 
 
-def push_lines(args: argparse.Namespace, stdin: BinaryIO) -> None:
-    """Append each line of `stdin` to the char buffer NAME, grouped into batches."""
+def push_lines(args: argparse.Namespace, stdin: BinaryIO) -> int:
+    """Append each line of `stdin` to the char buffer NAME, grouped into batches; the
+    number of lines (or pieces of lines) the relay refused, each reported on stderr."""
     spec = parse_spec(args.name)
     if not (spec.kind is Kind.CHAR and spec.buffer):
         raise UsageError(f"--lines needs a char buffer name ending in _C<count>, not {args.name!r}")
@@ -314,6 +231,7 @@ def push_lines(args: argparse.Namespace, stdin: BinaryIO) -> None:
     # bounded queue makes a fast writer wait when the relay is slower, instead of memory.
     lines: queue.Queue = queue.Queue(maxsize=LINES_MAX_UPDATES * 10)
     threading.Thread(target=_read_lines, args=(stdin, lines), daemon=True).start()
+    refused = 0
     with _connect(args) as client:
         for group in windows(lines):
             batch, size = [], 0
@@ -322,9 +240,21 @@ def push_lines(args: argparse.Namespace, stdin: BinaryIO) -> None:
                     batch.append((args.name, piece))
                     size += len(piece)
                     if len(batch) >= LINES_MAX_UPDATES or size >= LINES_MAX_BYTES:
-                        client.put_many(batch)
+                        refused += _put_lines(client, batch)
                         batch, size = [], 0
-            client.put_many(batch)  # sends nothing when empty
+            refused += _put_lines(client, batch)  # sends nothing when empty
+    return refused
+
+
+def _put_lines(client: Client, batch: list) -> int:
+    """Send one group of lines; report its refusals on stderr and go on. How many."""
+    try:
+        client.put_many(batch)
+    except BatchRefused as refusal:
+        for problem in refusal.refused:
+            print(f"{PROG}: {problem}", file=sys.stderr)
+        return len(refusal.refused)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> int:
@@ -334,18 +264,30 @@ def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> in
         if args.timeout < 0:
             raise UsageError("--timeout must be >= 0")
         if args.lines:
-            push_lines(args, stdin if stdin is not None else sys.stdin.buffer)
+            if push_lines(args, stdin if stdin is not None else sys.stdin.buffer):
+                return 3  # refused lines, each reported on stderr as it came
         else:
             push_one(args)
     except UsageError as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 2
-    except RelayError as error:  # RelayUnreachable, the one a send raises
-        print(f"{PROG}: {error}", file=sys.stderr)
-        return 1
+    except RelayError as error:
+        return _failed(error)
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _failed(error: RelayError) -> int:
+    """Say what the relay said (or that it said nothing); the exit status for it."""
+    if isinstance(error, BatchRefused):
+        for problem in error.refused:
+            print(f"{PROG}: {problem}", file=sys.stderr)
+        return 3
+    print(f"{PROG}: {error}", file=sys.stderr)
+    if isinstance(error, UpdateRefused):
+        return 3
+    return 4 if isinstance(error, NotDurable) else 1
 
 
 if __name__ == "__main__":

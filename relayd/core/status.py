@@ -13,6 +13,7 @@ from typing import Callable
 
 from relayd.core.errors import Reason
 from relayd.core.names import Kind
+from relayd.core.ops import Way
 from relayd.core.writes import Relay
 
 LAST_REFUSAL_LENGTH = 256
@@ -52,6 +53,21 @@ def _reason_pv(reason: Reason) -> StatusPV:
     )
 
 
+_WAY_NAMES = {Way.CA: "CA puts", Way.ZMQ: "ZMQ messages, pushed or acknowledged",
+              Way.HTTP: "the HTTP API", Way.PVA: "pvAccess puts"}
+
+
+def _way_pvs(way: Way) -> tuple[StatusPV, StatusPV]:
+    return (
+        StatusPV(f"status:accepted:{way.value}", Kind.FLOAT, 1,
+                 f"updates accepted from {_WAY_NAMES[way]}",
+                 lambda relay, started: float(relay.stats.accepted_by_way[way.value])),
+        StatusPV(f"status:refused:{way.value}", Kind.FLOAT, 1,
+                 f"refusals of {_WAY_NAMES[way]}",
+                 lambda relay, started: float(relay.stats.refused_by_way[way.value])),
+    )
+
+
 STATUS_PVS: tuple[StatusPV, ...] = (
     StatusPV("status:pvs", Kind.INT, 1, "number of PVs the relay holds",
              lambda relay, started: len(relay.registry)),
@@ -76,7 +92,7 @@ STATUS_PVS: tuple[StatusPV, ...] = (
              "updates in those messages (accepted or refused)",
              lambda relay, started: float(relay.stats.zmq_updates)),
     StatusPV("status:pipe:backlog", Kind.FLOAT, 1,
-             "bytes forwarded by the ingest worker not yet read by the CA process",
+             "bytes forwarded by the workers not yet read by the CA process (all up pipes)",
              lambda relay, started: float(relay.stats.pipe_backlog)),
     StatusPV("status:pipe:lag", Kind.FLOAT, 1,
              "seconds from the worker forwarding a batch to the CA process applying it "
@@ -93,6 +109,10 @@ STATUS_PVS: tuple[StatusPV, ...] = (
              "1 when the configured CA server port was taken by another program and a dynamic "
              "port is served instead",
              lambda relay, started: int(relay.stats.ca_port_taken)),
+    StatusPV("status:pipe:replyDropped", Kind.FLOAT, 1,
+             "answers (verdicts) the CA process dropped because a worker's outbox was full; "
+             "their senders are told nothing and time out",
+             lambda relay, started: float(relay.stats.reply_dropped)),
     StatusPV("status:restarts:ca", Kind.INT, 1,
              "times the supervisor restarted the CA server process",
              lambda relay, started: int(relay.stats.restarts.get("ca-server", 0))),
@@ -138,4 +158,5 @@ STATUS_PVS: tuple[StatusPV, ...] = (
     StatusPV("status:autosave:leftOut", Kind.INT, 1,
              "saved rows left out at start because they could not be restored",
              lambda relay, started: relay.stats.left_out),
-) + tuple(_reason_pv(reason) for reason in Reason)
+) + tuple(pv for way in Way for pv in _way_pvs(way)) + tuple(
+    _reason_pv(reason) for reason in Reason)

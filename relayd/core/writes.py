@@ -15,6 +15,7 @@ from typing import Generic
 from relayd.core.errors import Reason, Refused
 from relayd.core.meta import Meta
 from relayd.core.names import Grammar, PVSpec
+from relayd.core.ops import Way
 from relayd.core.registry import PV, Registry
 from relayd.core.stats import Stats
 from relayd.core.values import Stored, convert
@@ -36,12 +37,17 @@ class Relay(Generic[PV]):
         return self.put_spec(self.grammar.spec_for(name), raw, ts_ns, now)
 
     def put_spec(self, spec: PVSpec, raw: object, ts_ns: int, now: float = 0.0,
-                 meta: dict | None = None) -> tuple[PV, bool]:
+                 meta: dict | None = None, writer: str = "",
+                 way: str = Way.CA.value) -> tuple[PV, bool]:
         """Put `raw` to the PV described by `spec` (its name already parsed), with
-        attribute changes `meta` already checked (a PVA put may carry both)."""
+        attribute changes `meta` already checked (a PVA put may carry both), for `writer`
+        (the PV's last writer, see `apply`) coming in by `way`."""
         stored = convert(spec, raw)
         pv = self.registry.ensure(spec)
-        return pv, self.apply(pv, stored, ts_ns, now, meta)
+        alarm_changed = self.apply(pv, stored, ts_ns, now, meta)
+        pv.state.writer = writer
+        self.stats.accepted_by_way[way] += 1
+        return pv, alarm_changed
 
     def ensure(self, name: str) -> PV:
         """The PV of the full name `name`, made if needed, for a value already converted.
@@ -56,12 +62,14 @@ class Relay(Generic[PV]):
 
         The one place a value is applied, whichever way it came in. `meta`, attribute
         changes already checked (`meta.check_changes`), are applied first, so the value's
-        alarm is judged by the new limits.
+        alarm is judged by the new limits. The caller counts it by way in and sets the
+        PV's last writer (``state.writer``: once per batch for a batch of updates).
         """
         state = pv.state
         if meta:
             state.meta = replace(state.meta, **meta)
         self.stats.accepted += 1
+        state.updates += 1
         return state.put(stored, ts_ns, now)
 
     def restore(self, spec: PVSpec, stored: Stored, ts_ns: int, meta: Meta, now: float) -> PV:

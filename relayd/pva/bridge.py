@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
 from relayd.core.errors import Reason, Refused
+from relayd.core.ops import Way
 from relayd.core.writes import Relay
 from relayd.logs import RateLimitedLog
 from relayd.pva import nt
@@ -47,11 +48,11 @@ class PVAHost(Protocol):
     relay: Relay[Any]
     control: Any  # `relayd.ca.control.ControlPVs`: get(name), delpv, delete_named()
 
-    def report(self, refused: Refused, source: str) -> int:
-        """Count and log a refusal."""
+    def report(self, refused: Refused, source: str, way: str = "ca") -> int:
+        """Count (by way in) and log a refusal."""
 
     def client_put(self, spec: Any, raw: object, ts_ns: int | None = None,
-                   meta: dict | None = None) -> Any:
+                   meta: dict | None = None, writer: str = "", way: str = "ca") -> Any:
         """A client's put: convert, make the PV if needed, apply, post; `Refused` if not."""
 
     def meta_changed(self, pv: Any, alarm_changed: bool, now: float) -> None:
@@ -138,7 +139,8 @@ class PVABridge:
         except Exception:  # a bug: keep serving, say so, fail the client's put if any
             self._log.log(logging.ERROR, "internal", "internal error handling a pvAccess "
                           "%s request", request.kind, exc_info=True)
-            self.host.report(Refused(Reason.INTERNAL, f"a pvAccess {request.kind}"), "PVA")
+            self.host.report(Refused(Reason.INTERNAL, f"a pvAccess {request.kind}"), "PVA",
+                             Way.PVA.value)
             if request.kind == PUT:
                 request.item[1].done(error="internal error in relayd (logged)")
 
@@ -154,7 +156,7 @@ class PVABridge:
             if pv is None:
                 pv = self.relay.registry.attach(name)
         except Refused as refused:
-            self.host.report(refused, f"PVA connect from {request.item}")
+            self.host.report(refused, f"PVA connect from {request.item}", Way.PVA.value)
             self.provider.full = True
             self._forget(channel)
             return
@@ -178,7 +180,8 @@ class PVABridge:
         channel.events.dead = True
         self.host.report(Refused(Reason.PLACEHOLDER_LIMIT, (
             f"{channel.name}: {self.provider.most} names have a pvAccess channel already "
-            "(--max-pvs + --max-placeholders)")), f"PVA connect from {request.item}")
+            "(--max-pvs + --max-placeholders)")), f"PVA connect from {request.item}",
+            Way.PVA.value)
         self._close(channel)
 
     def _released(self, request: Request) -> None:
@@ -191,7 +194,7 @@ class PVABridge:
             request.channel.shared.close()
 
     def _refused(self, request: Request) -> None:
-        self.host.report(request.item, "PVA search")
+        self.host.report(request.item, "PVA search", Way.PVA.value)
 
     # --- puts -------------------------------------------------------------------------
 
@@ -209,10 +212,10 @@ class PVABridge:
                 self._control_put(pv, op.value(), source)
             else:
                 self._apply(pv, nt.read_put(op.value(), request.channel.shared.current(),
-                                            pv.state.spec))
+                                            pv.state.spec), f"pva {who[0]}@{address}")
         except Refused as refused:
             self.status.refused += 1
-            self.host.report(refused, source)
+            self.host.report(refused, source, Way.PVA.value)
             op.done(error=str(refused))
             return
         self.status.accepted += 1
@@ -225,11 +228,13 @@ class PVABridge:
             raise Refused(Reason.NO_SUCH_PV, f"{name} was deleted")
         return pv
 
-    def _apply(self, pv: Any, put: nt.Put) -> None:
-        """The same path as a CA put (a value) or a CA field put (attributes alone)."""
+    def _apply(self, pv: Any, put: nt.Put, writer: str) -> None:
+        """The same path as a CA put (a value) or a CA field put (attributes alone);
+        `writer` becomes the PV's last writer (``pva user@host``)."""
         spec = pv.state.spec
         if put.value is not nt.NO_VALUE:
-            self.host.client_put(spec, put.value, put.ts_ns, put.meta or None)
+            self.host.client_put(spec, put.value, put.ts_ns, put.meta or None, writer,
+                                 Way.PVA.value)
             return
         target, alarm_changed = self.relay.set_meta(spec.name, put.meta)
         self.host.meta_changed(target, alarm_changed, time.monotonic())

@@ -121,7 +121,8 @@ def run_snippet(endpoint: str, body: str, *args: str) -> str:
 
 
 def relay_push(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "relayd.client.push_cli", *args],
+    """relay-push pushing (``--no-wait``); waiting for verdicts: tests/e2e/test_acks.py."""
+    return subprocess.run([sys.executable, "-m", "relayd.client.push_cli", "--no-wait", *args],
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -1065,7 +1065,8 @@ def test_fields_disconnect_when_their_pv_is_deleted(client, pyepics_client, capr
 
 
 def relay_push(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "relayd.client.push_cli", *args],
+    """relay-push pushing (``--no-wait``); waiting for verdicts: tests/e2e/test_acks.py."""
+    return subprocess.run([sys.executable, "-m", "relayd.client.push_cli", "--no-wait", *args],
                           capture_output=True, timeout=30)
 
 

@@ -92,7 +92,9 @@ def stop_pusher(process: subprocess.Popen) -> tuple[str, str]:
 
 
 def relay_push(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "relayd.client.push_cli", *args], input=input,
+    """relay-push pushing (``--no-wait``); waiting for verdicts: tests/e2e/test_acks.py."""
+    return subprocess.run([sys.executable, "-m", "relayd.client.push_cli", "--no-wait", *args],
+                          input=input,
                           capture_output=True, timeout=30)
 
 

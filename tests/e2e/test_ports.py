@@ -85,3 +85,5 @@ def test_the_start_up_log_says_where_the_relay_serves(start_relay, tmp_path, cur
             f"every 1 s)") in log, log
     assert (f"relayd.ingest: serving ZMQ on {relay.endpoint} "
             f"(CURVE {'on' if curve else 'off'})") in log, log
+    assert (f"relayd.ingest: serving ZMQ-ack on {relay.ack_endpoint} "
+            f"(CURVE {'on' if curve else 'off'})") in log, log

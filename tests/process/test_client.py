@@ -290,7 +290,8 @@ def test_bad_endpoint(endpoint: str) -> None:
         Client(endpoint)
 
 
-@pytest.mark.parametrize("kwargs", [{"send_timeout": -1}, {"linger": -1}, {"queue_size": 0}])
+@pytest.mark.parametrize("kwargs", [{"send_timeout": -1}, {"linger": -1}, {"queue_size": 0},
+                                    {"timeout": -1}, {"ack": True, "window": 0}])
 def test_bad_options(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         Client(unused_endpoint(), **kwargs)
@@ -358,3 +359,77 @@ def test_client_works_without_numpy_and_pcaspy(sink: Sink) -> None:
     value = sink.updates()[0].value
     assert value.tolist() == [1.5, 2.5]
     assert [(u.pv, u.value) for u in sink.updates()] == [("b_i1", 3), ("c_c9", "text")]
+
+
+# --- acknowledged (ack=True): what a silent relay does to it; a real one: tests/e2e ---------
+
+
+@pytest.fixture
+def silent() -> Iterator[tuple[zmq.Socket, str]]:
+    """A ROUTER socket that takes requests and never answers."""
+    context = zmq.Context()
+    sock = context.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    yield sock, f"tcp://127.0.0.1:{port}"
+    sock.close()
+    context.term()
+
+
+def received(sock: zmq.Socket) -> list[list[bytes]]:
+    frames = []
+    while sock.poll(200):
+        frames.append(sock.recv_multipart())
+    return frames
+
+
+def test_no_verdict_within_the_timeout_is_relay_unreachable(silent) -> None:
+    sock, endpoint = silent
+    with Client(ack=True, ack_endpoint=endpoint, timeout=0.5, linger=0) as client:
+        started = time.monotonic()
+        with pytest.raises(RelayUnreachable) as info:
+            client.put("a_f1", 1.0)
+        assert 0.5 <= time.monotonic() - started < 5
+    assert str(info.value).startswith(f"no answer from {endpoint} within 0.5 s")
+    assert "may or may not have been applied" in str(info.value)
+    (request,) = received(sock)
+    assert len(request) == 2  # the DEALER's identity (added by the ROUTER) and one frame
+
+
+def test_no_relay_at_all_is_relay_unreachable_with_immediate() -> None:
+    endpoint = unused_endpoint()
+    with Client(ack=True, ack_endpoint=endpoint, timeout=0.3, immediate=True,
+                linger=0) as client:
+        with pytest.raises(RelayUnreachable, match=f"no answer from {endpoint} within 0.3 s"):
+            client.put("a_f1", 1.0)
+
+
+def test_the_window_bounds_the_requests_in_flight(silent) -> None:
+    sock, endpoint = silent
+    with Client(ack=True, ack_endpoint=endpoint, timeout=1.0, window=3, linger=0) as client:
+        tickets = [client.put_async(f"w{i}_f1", 1.0) for i in range(3)]
+        assert len(received(sock)) == 3 and not any(ticket.done for ticket in tickets)
+        started = time.monotonic()
+        fourth = client.put_async("w3_f1", 1.0)  # waits for room: the others expire first
+        assert time.monotonic() - started >= 0.5
+        assert all(ticket.done for ticket in tickets)
+        with pytest.raises(RelayUnreachable):
+            tickets[0].result()
+        with pytest.raises(RelayUnreachable):
+            client.flush()  # every ticket is waited for; no answer is the first problem
+        assert fourth.done
+
+
+def test_async_needs_ack_and_flush_of_pushes_is_empty(sink: Sink, client: Client) -> None:
+    with pytest.raises(ValueError, match="ack=True"):
+        client.put_async("a_f1", 1.0)
+    assert client.flush() == []
+
+
+def test_the_ack_endpoint_is_the_relays_host_at_port_5556_unless_given() -> None:
+    with Client("tcp://127.0.0.1:7000", ack=True, linger=0) as client:
+        assert client.ack_endpoint == "tcp://127.0.0.1:5556"
+        assert repr(client) == ("<Client tcp://127.0.0.1:7000 (acknowledged: "
+                                "tcp://127.0.0.1:5556) open>")
+    with pytest.raises(ValueError, match="give the acknowledged endpoint"):
+        Client("ipc:///tmp/relay", ack=True)

@@ -1,4 +1,6 @@
-"""The relay-push command (relayd.push_cli), run as a process against a ZMQ PULL socket."""
+"""The relay-push command (relayd.client.push_cli), run as a process against a ZMQ PULL
+socket (``--no-wait``: pushes), and against no relay or a silent one (waiting for a
+verdict). Its verdicts and exit codes against a real relay: tests/e2e/test_acks.py."""
 
 from __future__ import annotations
 
@@ -56,9 +58,12 @@ def sink() -> Iterator[Sink]:
     context.term()
 
 
-def relay_push(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+def relay_push(*args: str, stdin: bytes = b"", wait: bool = False
+               ) -> subprocess.CompletedProcess:
+    """relay-push with `args`; ``--no-wait`` first unless `wait` (the sink never answers)."""
     return subprocess.run(
-        [sys.executable, "-m", "relayd.client.push_cli", *args],
+        [sys.executable, "-m", "relayd.client.push_cli", *([] if wait else ["--no-wait"]),
+         *args],
         input=stdin, capture_output=True, timeout=60, cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
@@ -160,7 +165,7 @@ def test_lines_empty_input_sends_nothing(sink: Sink) -> None:
 def test_lines_are_grouped_into_batches(sink: Sink) -> None:
     """Lines that are ready together go out as few messages, not one message per line."""
     stdin = io.BytesIO(b"".join(b"%d\n" % i for i in range(3000)))
-    assert push_cli.main(["--lines", sink.endpoint, "log_C100"], stdin=stdin) == 0
+    assert push_cli.main(["--no-wait", "--lines", sink.endpoint, "log_C100"], stdin=stdin) == 0
     messages, values = 0, []
     while len(values) < 3000:
         values += [u.value for u in sink.updates()]
@@ -173,7 +178,7 @@ def test_lines_are_grouped_into_batches(sink: Sink) -> None:
 def test_lines_huge_line_is_split_across_messages(sink: Sink) -> None:
     line = bytes(range(97, 123)) * 60_000 + b"\n"  # 1.56 MB into a 1000-byte buffer
     stdin = io.BytesIO(line)
-    assert push_cli.main(["--lines", sink.endpoint, "log_C1000"], stdin=stdin) == 0
+    assert push_cli.main(["--no-wait", "--lines", sink.endpoint, "log_C1000"], stdin=stdin) == 0
     pieces: list[bytes] = []
     messages = 0
     while sum(map(len, pieces)) < len(line):
@@ -192,7 +197,7 @@ def test_lines_are_sent_as_they_come(sink: Sink) -> None:
     codes: list[int] = []
     with os.fdopen(read_end, "rb") as stdin:
         thread = threading.Thread(target=lambda: codes.append(
-            push_cli.main(["--lines", sink.endpoint, "log_C100"], stdin=stdin)))
+            push_cli.main(["--no-wait", "--lines", sink.endpoint, "log_C100"], stdin=stdin)))
         thread.start()
         with os.fdopen(write_end, "wb") as writer:
             for text in (b"first\n", b"second\n"):
@@ -336,7 +341,7 @@ def test_bad_endpoint_is_a_usage_error() -> None:
 
 
 def test_argparse_errors_exit_2() -> None:
-    assert relay_push().returncode == 2
+    assert relay_push(wait=True).returncode == 2
     assert relay_push("--delete", "--lines", "tcp://127.0.0.1:1", "log_C10").returncode == 2
     assert relay_push("--timeout", "soon", "tcp://127.0.0.1:1", "temp_f1", "1").returncode == 2
 
@@ -365,6 +370,7 @@ def test_help_documents_everything() -> None:
     assert result.returncode == 0
     text = result.stdout.decode()
     for word in ("--delete", "--lines", "--timeout", "--ts", "--meta", "FIELD=VALUE",
+                 "--no-wait", "--ack-endpoint", "--durable", "port 5556",
                  "hihi=none", "exit status", "examples:",
                  "0x1f", "fit_results_f4 23.0,0.1", "build_log_C20000"):
         assert word in text, word
@@ -374,3 +380,72 @@ def test_chunks() -> None:
     assert push_cli.chunks(b"abcdefg", 3) == [b"abc", b"def", b"g"]
     assert push_cli.chunks(b"abc", 3) == [b"abc"]
     assert push_cli.chunks(b"a", 100) == [b"a"]
+
+
+# --- waiting for the verdict (the default) ------------------------------------------------------
+
+
+def test_ack_endpoint_defaults_to_the_same_host_at_port_5556() -> None:
+    from relayd.client.acked import ack_endpoint_for
+
+    assert ack_endpoint_for("tcp://relayhost:5555") == "tcp://relayhost:5556"
+    assert ack_endpoint_for("tcp://10.0.0.5:7000") == "tcp://10.0.0.5:5556"
+    assert ack_endpoint_for("tcp://[::1]:5555") == "tcp://[::1]:5556"
+    with pytest.raises(ValueError, match="give the acknowledged endpoint"):
+        ack_endpoint_for("ipc:///tmp/relay")
+
+
+@pytest.mark.parametrize("mode", [["temp_f1", "1.5"], ["--delete", "temp_f1"],
+                                  ["--lines", "log_C100"]])
+def test_no_relay_answering_exits_1(mode: list[str]) -> None:
+    endpoint, ack = _unused_endpoint(), _unused_endpoint()
+    options = [m for m in mode if m.startswith("--")]
+    positionals = [m for m in mode if not m.startswith("--")]
+    result = relay_push("--timeout", "1", "--ack-endpoint", ack, *options, endpoint,
+                        *positionals, stdin=b"a line\n", wait=True)
+    assert result.returncode == 1
+    stderr = result.stderr.decode()
+    assert stderr.count("\n") == 1, stderr
+    assert stderr.startswith(f"relay-push: no answer from {ack} within 1 s"), stderr
+
+
+def test_a_relay_that_takes_the_request_and_never_answers_exits_1() -> None:
+    context = zmq.Context()
+    silent = context.socket(zmq.ROUTER)
+    silent.setsockopt(zmq.LINGER, 0)
+    port = silent.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        result = relay_push("--timeout", "1", "--ack-endpoint", f"tcp://127.0.0.1:{port}",
+                            _unused_endpoint(), "temp_f1", "1.5", wait=True)
+        assert silent.poll(0), "the request never arrived"
+    finally:
+        silent.close()
+        context.term()
+    assert result.returncode == 1
+    assert result.stderr.decode().startswith(
+        f"relay-push: no answer from tcp://127.0.0.1:{port} within 1 s; is relayd running")
+
+
+def test_the_ack_endpoint_is_derived_from_endpoint_by_default() -> None:
+    """Without --ack-endpoint the verdict is asked of ENDPOINT's host at port 5556."""
+    result = relay_push("--timeout", "0.5", "tcp://127.0.0.2:5555", "temp_f1", "1",
+                        wait=True)
+    assert result.returncode == 1
+    assert "no answer from tcp://127.0.0.2:5556 within 0.5 s" in result.stderr.decode()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--no-wait", "--durable"], "--no-wait gets no answer"),
+    (["--no-wait", "--ack-endpoint", "tcp://127.0.0.1:1"], "--no-wait gets no answer"),
+])
+def test_waiting_options_without_waiting_are_usage_errors(args: list[str], message: str
+                                                          ) -> None:
+    result = relay_push(*args, "tcp://127.0.0.1:1", "temp_f1", "1", wait=True)
+    assert result.returncode == 2
+    assert result.stderr.decode().startswith(f"relay-push: {message}")
+
+
+def test_no_default_ack_endpoint_beside_ipc_is_a_usage_error() -> None:
+    result = relay_push("ipc:///tmp/nowhere", "temp_f1", "1", wait=True)
+    assert result.returncode == 2
+    assert "give the acknowledged endpoint" in result.stderr.decode()
