@@ -22,25 +22,35 @@ function escape(text) {
     '"': "&quot;", "'": "&#39;" })[c]);
 }
 
-function number(value, prec) {
+function number(value, prec, float) {
   if (typeof value !== "number") return String(value);   // "NaN", "Infinity"
+  if (float && prec > 0 && Math.abs(value) < 1e15) return value.toFixed(prec);
   if (Number.isInteger(value)) return String(value);
-  if (prec !== null && prec !== undefined && prec > 0) return value.toFixed(prec);
   const text = value.toPrecision(7);
   return text.includes("e") ? text : String(parseFloat(text));
 }
 
-function formatValue(value, elements, prec) {
+function axisNumber(value) {
+  if (value === 0) return "0";
+  const size = Math.abs(value);
+  return size >= 1e5 || size < 1e-3 ? value.toExponential(2) : String(parseFloat(value.toPrecision(6)));
+}
+
+function isFloat(name) {
+  return /_[fF]\d+$/.test(name);
+}
+
+function formatValue(value, elements, prec, float) {
   if (value === null || value === undefined) return "(no value)";
   if (typeof value === "string" && elements !== 1 && !/^(NaN|-?Infinity)$/.test(value)) {
     return value;
   }
   if (Array.isArray(value)) {
-    const shown = value.slice(0, 6).map((v) => number(v, prec)).join(", ");
+    const shown = value.slice(0, 6).map((v) => number(v, prec, float)).join(", ");
     const more = elements > Math.min(value.length, 6) ? ", …" : "";
     return `[${shown}${more}] (${elements})`;
   }
-  return number(value, prec);
+  return number(value, prec, float);
 }
 
 function age(tsMs) {
@@ -87,13 +97,16 @@ function openTable() {
     offset: view.offset, limit: view.limit }, { table: showTable });
 }
 
+let lastTable = null;
+
 function showTable(data) {
+  lastTable = data;
   view.total = data.total;
   setSync(data.synced, data.synced ? `live · ${data.all.toLocaleString()} PVs` : "syncing…");
   const rows = data.rows.map(([name, value, elements, sevr, stat, tsMs, egu, prec, writer,
     updates, rate]) => `<tr data-name="${escape(name)}">` +
     `<td class="name"><a href="#/pv/${encodeURIComponent(name)}">${escape(short(name))}</a></td>` +
-    `<td class="num value sev-${sevr}">${escape(formatValue(value, elements, prec))}</td>` +
+    `<td class="num value sev-${sevr}">${escape(formatValue(value, elements, prec, isFloat(name)))}</td>` +
     `<td>${escape(egu || "")}</td>` +
     `<td class="severity sev-${sevr}" title="${STATUSES[stat] || stat}">${SEVERITIES[sevr] || sevr}</td>` +
     `<td class="num age" data-ts="${tsMs}">${age(tsMs)}</td>` +
@@ -156,7 +169,10 @@ function rowsOf(pairs) {
 }
 
 function showStatus(status) {
-  prefix = status.prefix;
+  if (prefix !== status.prefix) {
+    prefix = status.prefix;
+    if (lastTable && !$("list-view").hidden) showTable(lastTable);
+  }
   $("prefix").textContent = status.prefix;
   if (status.time) clockOffset = status.time * 1000 - Date.now();
   const c = status.counters;
@@ -189,7 +205,8 @@ function makePlot(xs, ys, xLabel) {
   plot = new uPlot({
     width: Math.max(300, element.clientWidth || 800), height: 320,
     scales: { x: { time: xLabel === "time" } },
-    axes: [{ label: xLabel === "time" ? "" : xLabel }, {}],
+    axes: [{ label: xLabel === "time" ? "" : xLabel },
+      { size: 70, values: (u, splits) => splits.map(axisNumber) }],
     series: [{}, { label: pvState.name, stroke: "#0b5cad", width: 1.5, points: { show: xs.length < 80 } }],
   }, [xs, ys], element);
 }
@@ -217,11 +234,11 @@ function showPV(pv) {
   const scalar = pv.count === 1 && pv.dtype !== "c";
   const prec = pv.attributes.prec;
   const valueBox = $("pv-value");
-  valueBox.textContent = formatValue(pv.value, pv.elements, prec) +
+  valueBox.textContent = formatValue(pv.value, pv.elements, prec, pv.dtype === "f") +
     (pv.attributes.egu ? " " + pv.attributes.egu : "");
   valueBox.className = `pv-value sev-${SEVERITIES.indexOf(pv.severity)}`;
   const alarm = $("pv-alarm");
-  alarm.textContent = `${pv.severity} / ${pv.status}`;
+  alarm.textContent = pv.status === "NO_ALARM" ? pv.severity : `${pv.severity} / ${pv.status}`;
   alarm.className = `badge sev-${SEVERITIES.indexOf(pv.severity)}`;
   const attributes = [["type", `${pv.dtype}${pv.buffer ? " buffer" : ""} × ${pv.count}`],
     ["elements held", pv.elements], ["time stamp", pv.ts ? new Date(pv.ts * 1000).toISOString() : "–"],
