@@ -346,6 +346,11 @@ class Relay(Server):
 
     started: float = 0.0  # time.monotonic() just before the process was started
     ready_s: float = 0.0  # seconds from start until both children were ready
+    http_port: int = 0  # its HTTP worker's port (0: run with --no-http)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     @classmethod
     def start(cls, procs: Procs, epics: Epics, prefix: str, args: Sequence[str] = (),
@@ -360,19 +365,24 @@ class Relay(Server):
         port = free_port()
         endpoint = f"tcp://127.0.0.1:{free_port((socket.SOCK_STREAM,))}"
         command = [PYTHON, "-m", "relayd", "--prefix", prefix, "--zmq-bind", endpoint, *args]
+        http_port = 0 if "--no-http" in args else free_port((socket.SOCK_STREAM,))
+        if http_port:  # the HTTP worker runs, on a port of its own
+            command += ["--http-bind", f"127.0.0.1:{http_port}"]
         env = epics.server_env(port, XDG_STATE_HOME=str(procs.workdir / "state"))
         started = time.monotonic()
         proc = procs.start(f"relayd-{prefix}", command, env)
-        relay = cls("relayd", prefix, port, proc, endpoint, list(args), started=started)
+        relay = cls("relayd", prefix, port, proc, endpoint, list(args), started=started,
+                    http_port=http_port)
         relay.wait_ready(ready_timeout)
         return relay
 
     def wait_ready(self, timeout: float) -> None:
-        """Wait for both children's "ready" lines in relayd's log (its stderr)."""
+        """Wait for every child's "ready" line in relayd's log (its stderr)."""
         deadline = time.monotonic() + timeout
         while True:
             text = self.proc.log_path.read_text(errors="replace")
-            if "ca-server ready" in text and "ingest ready" in text:
+            if ("ca-server ready" in text and "ingest ready" in text
+                    and (not self.http_port or "http ready" in text)):
                 self.ready_s = time.monotonic() - self.started
                 return
             if not self.proc.alive():

@@ -16,6 +16,7 @@ from bench.scenarios.autosave import autosave
 from bench.scenarios.ca_puts import ca_puts
 from bench.scenarios.caget_under_load import caget_under_load
 from bench.scenarios.conflation import conflation
+from bench.scenarios.http_overhead import http_overhead
 from bench.scenarios.latency import latency
 from bench.scenarios.scale import scale
 from bench.scenarios.soak import soak
@@ -41,6 +42,8 @@ SCENARIOS = (
     Scenario("caget_under_load", caget_under_load, summary="CA read latency during heavy ingest"),
     Scenario("soak", soak, quick=False, summary="50k updates/s for --soak-minutes, RSS growth"),
     Scenario("autosave", autosave, summary="autosave cost and restore time (skipped without autosave)"),
+    Scenario("http_overhead", http_overhead,
+             summary="100 PVs pushed with the web page open on them vs --no-http"),
 )
 
 BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
