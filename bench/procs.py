@@ -343,6 +343,7 @@ class Relay(Server):
     """relayd started as a real subprocess: ``python -m relayd``."""
 
     args: list[str] = field(default_factory=list)
+    ack_endpoint: str = ""  # the acknowledged (ROUTER) socket's endpoint
 
     started: float = 0.0  # time.monotonic() just before the process was started
     ready_s: float = 0.0  # seconds from start until both children were ready
@@ -364,7 +365,9 @@ class Relay(Server):
         """
         port = free_port()
         endpoint = f"tcp://127.0.0.1:{free_port((socket.SOCK_STREAM,))}"
-        command = [PYTHON, "-m", "relayd", "--prefix", prefix, "--zmq-bind", endpoint, *args]
+        ack = f"tcp://127.0.0.1:{free_port((socket.SOCK_STREAM,))}"  # never the default port
+        command = [PYTHON, "-m", "relayd", "--prefix", prefix, "--zmq-bind", endpoint,
+                   "--zmq-ack-bind", ack, *args]
         http_port = 0 if "--no-http" in args else free_port((socket.SOCK_STREAM,))
         if http_port:  # the HTTP worker runs, on a port of its own
             command += ["--http-bind", f"127.0.0.1:{http_port}"]
@@ -372,7 +375,7 @@ class Relay(Server):
         started = time.monotonic()
         proc = procs.start(f"relayd-{prefix}", command, env)
         relay = cls("relayd", prefix, port, proc, endpoint, list(args), started=started,
-                    http_port=http_port)
+                    ack_endpoint=ack, http_port=http_port)
         relay.wait_ready(ready_timeout)
         return relay
 

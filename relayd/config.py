@@ -66,6 +66,8 @@ class Config:
     status_interval: float = 1.0
     log_level: str = "INFO"
     zmq_bind: tuple = ("tcp://127.0.0.1:5555",)
+    zmq_ack_bind: tuple = ("tcp://127.0.0.1:5556",)
+    no_zmq_ack: bool = False
     zmq_rcvhwm: int = 1000
     zmq_max_message_size: int = 64 * 1024 * 1024
     pipe_buffer: int = 4 * 1024 * 1024
@@ -97,6 +99,10 @@ class Config:
         object.__setattr__(self, "zmq_bind", tuple(self.zmq_bind))
         if not self.zmq_bind or not all(isinstance(e, str) and e for e in self.zmq_bind):
             raise ValueError("zmq_bind needs at least one endpoint")
+        object.__setattr__(self, "zmq_ack_bind", tuple(self.zmq_ack_bind))
+        if not all(isinstance(e, str) and e for e in self.zmq_ack_bind) or not (
+                self.zmq_ack_bind or self.no_zmq_ack):
+            raise ValueError("zmq_ack_bind needs at least one endpoint (or no_zmq_ack)")
         for name in ("zmq_rcvhwm", "zmq_max_message_size", "pipe_buffer"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -157,6 +163,11 @@ class Config:
         return default_path(self.prefix)
 
     @property
+    def ack_endpoints(self) -> tuple:
+        """Where the acknowledged ZMQ socket binds; () when it is off."""
+        return () if self.no_zmq_ack else self.zmq_ack_bind
+
+    @property
     def name_limits(self) -> NameLimits:
         return NameLimits(self.max_name_length, self.max_elements)
 
@@ -180,7 +191,10 @@ HELP = {
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "zmq_bind": "ZMQ endpoint the ingest PULL socket binds; repeat for several "
                 "(binding beyond loopback must be asked for explicitly)",
-    "zmq_rcvhwm": "ZMQ receive high-water mark of the ingest socket, in messages",
+    "zmq_ack_bind": "ZMQ endpoint the acknowledged ROUTER socket binds (protocol version 2, "
+                    "see PROTOCOL.md); repeat for several; same security as --zmq-bind",
+    "no_zmq_ack": "do not open the acknowledged ZMQ socket",
+    "zmq_rcvhwm": "ZMQ receive high-water mark of the ingest sockets, in messages",
     "zmq_max_message_size": "largest ZMQ message accepted, in bytes (ZMQ_MAXMSGSIZE)",
     "pipe_buffer": "bytes the internal pipe from the ingest worker to the CA process buffers",
     "stop_grace": "seconds children get to stop on SIGTERM before they are killed",
@@ -200,7 +214,7 @@ HELP = {
                              "to connect (with --curve-secret-key)",
     "zmq_allow": "client IP address allowed to connect to the ingest socket; repeat for "
                  "several (default: any address)",
-    "insecure": "allow binding the ingest socket beyond loopback without CURVE",
+    "insecure": "allow binding the ingest sockets beyond loopback without CURVE",
     "access_security": "EPICS access security file (ACF) for every CA PV; see SECURITY.md",
     "http_bind": "HOST:PORT the HTTP worker (web page, JSON API, /metrics) listens on; "
                  "repeat for several",
@@ -218,7 +232,7 @@ HELP = {
 
 
 METAVARS = {
-    "zmq_bind": "ENDPOINT", "zmq_allow": "ADDRESS", "autosave": "FILE",
+    "zmq_bind": "ENDPOINT", "zmq_ack_bind": "ENDPOINT", "zmq_allow": "ADDRESS", "autosave": "FILE",
     "curve_secret_key": "FILE", "curve_authorized_keys": "DIR", "access_security": "FILE",
     "prefix": "PREFIX", "http_bind": "HOST:PORT", "http_token_file": "FILE",
     "http_read_from": "NETWORK", "http_write_from": "NETWORK", "http_cert": "FILE",

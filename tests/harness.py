@@ -117,6 +117,7 @@ class RelayProcess:
     process: subprocess.Popen | None = None
     zmq_port: int = field(default_factory=lambda: free_port((socket.SOCK_STREAM,)))
     http_port: int = field(default_factory=lambda: free_port((socket.SOCK_STREAM,)))
+    ack_port: int = field(default_factory=lambda: free_port((socket.SOCK_STREAM,)))
     log_offset: int = 0  # where the log of the latest start begins
     own_autosave: bool = True  # False: relayd's default autosave path, as in production
 
@@ -136,6 +137,11 @@ class RelayProcess:
         return "--no-http" not in self.args
 
     @property
+    def ack_endpoint(self) -> str:
+        """The ZMQ endpoint of the relay's acknowledged (ROUTER) socket."""
+        return f"tcp://127.0.0.1:{self.ack_port}"
+
+    @property
     def log_path(self) -> Path:
         return self.workdir / f"relayd-{self.prefix}.log"
 
@@ -148,6 +154,9 @@ class RelayProcess:
         zmq = [] if "--zmq-bind" in self.args else ["--zmq-bind", self.endpoint]
         if self.http and "--http-bind" not in self.args:
             zmq += ["--http-bind", f"127.0.0.1:{self.http_port}"]
+        # Never the default ack port: relays of parallel sessions would share it.
+        if not {"--zmq-ack-bind", "--no-zmq-ack"} & set(self.args):
+            zmq += ["--zmq-ack-bind", self.ack_endpoint]
         autosave = ([] if {"--autosave", "--no-autosave"} & set(self.args)
                     or not self.own_autosave else ["--autosave", str(self.autosave_path)])
         return [sys.executable, "-m", "relayd", "--prefix", self.prefix, *zmq, *autosave,

@@ -1,19 +1,20 @@
-"""The CA server process: serves every PV and applies what the ingest worker forwards.
+"""The CA server process: serves every PV and applies what the workers forward.
 
 One loop, one thread doing the relay's work (a second thread only wakes it, see
 `wakeup`):
 
 1. ``cas.process`` lets the CA library answer searches, reads, puts and send monitor
    events. It waits for network traffic up to IDLE seconds, or not at all (two quick
-   turns) while ingest data is waiting; the wake-up thread interrupts the wait when the
-   pipe fills.
-2. The pipe is drained for at most INGEST_BUDGET seconds, then CA gets its turn again:
-   heavy ingest is interleaved with CA service, it never starves clients.
+   turns) while ingest data is waiting; the wake-up thread interrupts the wait when a
+   worker's up pipe fills.
+2. The up pipes are drained for at most INGEST_BUDGET seconds, then CA gets its turn
+   again: heavy ingest is interleaved with CA service, it never starves clients. The
+   answers the batches asked for are queued and sent down (`replies`), never waiting.
 3. Once per second or so: heartbeat to the supervisor, restart counts from it, status
    PVs, pipe backlog.
 
-On SIGTERM the loop stops, applies what is still in the pipe (bounded by DRAIN_ON_STOP),
-and exits.
+On SIGTERM the loop goes on until the workers have stopped (`CALoop.may_stop`), then
+applies what is still in the pipes (bounded by DRAIN_ON_STOP), saves, and exits.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pcaspy import cas
 from relayd.store.sqlite import Store
 from relayd.store.writer import Autosaver
 from relayd.ca.apply import PipeIngest
+from relayd.ca.replies import Replies, outboxes
 from relayd.ca.server import CAServer
 from relayd.config import Config
 from relayd.core.errors import BootError
@@ -45,6 +47,8 @@ INGEST_BUDGET = 0.002  # longest stretch of applying ingest before serving CA ag
 CYCLE_UPDATES = 2000  # most updates applied between two turns of the CA library
 HOUSEKEEPING = 0.5  # seconds between heartbeats and lifeline checks
 DRAIN_ON_STOP = 2.0  # seconds allowed to apply what is left in the pipe when stopping
+STOP_WAIT_SHARE = 0.7  # of --stop-grace: the longest a stop signal waits for the workers
+REPLIES_ON_STOP = 0.5  # seconds the last answers may take to enter the down pipes
 # The garbage collector is told to leave the PVs alone (`gc.freeze`) after restore and
 # each time the relay holds this many PVs more than ever before.
 FREEZE_STEP = 1000
@@ -116,11 +120,16 @@ class CALoop:
         gc.collect()
         gc.freeze()
         self.frozen_at = len(server.relay.registry.pvs)
-        self.reader = PipeReader(env.pipe)
-        self.ingest = PipeIngest(server, self.reader)
-        self.wakeup = Wakeup(self.reader.fileno()).start()
+        channels = env.channels
+        self.replies = Replies(outboxes({role: c.down for role, c in channels.items()}),
+                               server.relay.stats, server.autosaver)
+        readers = {role: PipeReader(channel.up) for role, channel in channels.items()}
+        self.ingest = PipeIngest(server, readers, self.replies.verdicts, self.replies.send)
+        self.wakeup = Wakeup([reader.fileno() for reader in readers.values()]).start()
         self.next_housekeeping = 0.0
         self.next_refresh = time.monotonic() + config.status_interval
+        self.stop_asked: float | None = None  # when a stop signal came
+        self.stop_told = False  # the supervisor says the workers have stopped
 
     def serve(self) -> None:
         """Turn until told to stop or the supervisor has gone."""
@@ -128,8 +137,7 @@ class CALoop:
                  self.config.prefix)
         self.env.lifeline.send(ready=True)
         empty = True
-        stopping = self.env.stopping
-        while not stopping():
+        while not self.may_stop():
             deadline = self.server.stale_watch.next_deadline()
             self.ca_turn(IDLE if empty else 0.0, deadline)
             empty = self.ingest.drain(CYCLE_UPDATES, INGEST_BUDGET)
@@ -166,16 +174,41 @@ class CALoop:
             server.check_stale(now)
         if server.autosaver is not None:
             server.autosaver.tick(now)
+        self.replies.cycle(now)
         server.end_cycle()
 
+    def may_stop(self) -> bool:
+        """False until a stop signal came; then True once the workers are done.
+
+        The loop goes on applying what the workers forward until the supervisor says
+        they have stopped (``stop`` on the lifeline; asked with ``stopping``), or has
+        gone, or STOP_WAIT_SHARE of the grace has passed: a signal to the whole process
+        group (supervisord's stopasgroup) must not end the CA process before the workers
+        have forwarded what they received.
+        """
+        if not self.env.stopping():
+            return False
+        now = time.monotonic()
+        if self.stop_asked is None:
+            self.stop_asked = now
+            self.env.lifeline.send(stopping=True)
+        self.listen()
+        return (self.stop_told or self.env.lifeline.closed
+                or now - self.stop_asked > STOP_WAIT_SHARE * self.config.stop_grace)
+
+    def listen(self) -> None:
+        """What the supervisor said: restart counts, and whether to stop."""
+        for message in self.env.lifeline.receive():
+            if "restarts" in message:
+                self.server.relay.stats.restarts = dict(message["restarts"])
+            self.stop_told |= message.get("stop") is True
+
     def housekeeping(self, now: float) -> bool:
-        """Heartbeat, restart counts from the supervisor; False once the supervisor has gone."""
+        """Heartbeat, what the supervisor said; False once the supervisor has gone."""
         self.next_housekeeping = now + HOUSEKEEPING
         lifeline = self.env.lifeline
         lifeline.send(beat=True)
-        for message in lifeline.receive():
-            if "restarts" in message:
-                self.server.relay.stats.restarts = dict(message["restarts"])
+        self.listen()
         if lifeline.closed:
             log.warning("the supervisor has gone; stopping")
             return False
@@ -183,8 +216,9 @@ class CALoop:
 
     def refresh_status(self, now: float) -> None:
         self.next_refresh = now + self.config.status_interval
-        if self.env.pipe_writer is not None:
-            self.server.relay.stats.pipe_backlog = backlog(self.env.pipe_writer)
+        self.server.relay.stats.pipe_backlog = sum(
+            backlog(channel.up_writer) for channel in self.env.channels.values()
+            if channel.up_writer is not None)
         self.server.control.refresh(time.time_ns())
 
     def drain_on_stop(self) -> None:
@@ -193,17 +227,22 @@ class CALoop:
         while (not self.ingest.drain(CYCLE_UPDATES, INGEST_BUDGET)
                and time.monotonic() < deadline):
             cas.process(0.0)
+            self.replies.cycle(time.monotonic())
+        self.replies.cycle(time.monotonic())
 
     def close(self) -> None:
         """Write what autosave still holds, then drop every PV."""
         self.wakeup.stop()
         autosaver, store = self.server.autosaver, self.store
+        saved = True
         if autosaver is not None and store is not None:
-            if autosaver.stop():
+            saved = autosaver.stop()
+            if saved:
                 log.info("autosave: every change written to %s", store.path)
             else:
                 log.error("autosave: changes could not be written to %s: %s",
                           store.path, autosaver.status.last_error)
+        self.replies.finish(saved, REPLIES_ON_STOP)
         self.server.close()
 
 

@@ -62,6 +62,11 @@ def put_source(client: Any) -> str:
     return f"CA put from {client.user}@{client.host}"
 
 
+def ca_writer(client: Any) -> str:
+    """The last writer of a PV a CA client put to (``ca user@host``, as it claims)."""
+    return f"ca {client.user}@{client.host}"
+
+
 class Handler(Protocol):
     """Who decides what a put to, or the release of, a `ServedPV` means."""
 

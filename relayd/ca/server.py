@@ -17,7 +17,7 @@ from pcaspy import cas
 
 from relayd.store.writer import Autosaver
 from relayd.ca.pvs import (
-    DBE_ALL, DBE_PROPERTY, DBE_VALUE_LOG, FieldPV, ServedPV, guarded, put_source,
+    DBE_ALL, DBE_PROPERTY, DBE_VALUE_LOG, FieldPV, ServedPV, ca_writer, guarded, put_source,
 )
 from relayd.config import Config
 from relayd.ca.control import ControlPVs
@@ -25,6 +25,7 @@ from relayd.core.errors import Reason, Refused
 from relayd.logs import RateLimitedLog
 from relayd.core.meta import FIELDS, Field, Meta, check_changes
 from relayd.core.names import Grammar
+from relayd.core.ops import Way
 from relayd.core.pvstate import PVState
 from relayd.core.registry import Registry
 from relayd.core.writes import Relay
@@ -83,9 +84,9 @@ class CAServer(cas.caServer):
             pv.setAccessSecurityGroup(ASG_RELAY)
         return pv
 
-    def report(self, refused: Refused, source: str) -> int:
-        """Count and log (rate-limited) a refusal; return the CA status for it."""
-        text = self.relay.stats.count_refusal(refused, source)
+    def report(self, refused: Refused, source: str, way: str = Way.CA.value) -> int:
+        """Count (by way in) and log (rate-limited) a refusal; return the CA status for it."""
+        text = self.relay.stats.count_refusal(refused, source, way)
         self._refusals.warning(refused.reason, "refused %s", text)
         return PUT_STATUS.get(refused.reason, cas.S_cas_noConvert)
 
@@ -149,7 +150,8 @@ class CAServer(cas.caServer):
                 raise Refused(Reason.NO_SUCH_PV, f"{spec.name} was deleted")
             raw = ca_gdd.extract(value, spec)
             now = time.monotonic()
-            _, alarm_changed = self.relay.put_spec(spec, raw, time.time_ns(), now)
+            _, alarm_changed = self.relay.put_spec(spec, raw, time.time_ns(), now,
+                                                   ca_writer(client))
         except Refused as refused:
             return self.report(refused, put_source(client))
         self.applied(pv, DBE_ALL if alarm_changed else DBE_VALUE_LOG, now)

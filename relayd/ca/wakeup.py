@@ -1,11 +1,12 @@
 """Waking the CA loop the moment ingest data arrives.
 
 The CA process spends its idle time inside pcas's ``fdManager::process``, waiting in
-select/poll on the CA sockets only; pcaspy offers no way to add the pipe to that wait.
-Polling the pipe with a short timeout would cost either latency or idle CPU. Instead a
-thread waits on the pipe and, when it becomes readable while the main thread is
-waiting, sends the main thread SIGUSR2: the signal interrupts the wait (EINTR),
-``process()`` returns, and the loop drains the pipe. The handler does nothing;
+select/poll on the CA sockets only; pcaspy offers no way to add the pipes to that wait.
+Polling the pipes with a short timeout would cost either latency or idle CPU. Instead a
+thread waits on them (every worker's up pipe, and any other descriptor the loop must
+react to at once) and, when one becomes readable while the main thread is waiting,
+sends the main thread SIGUSR2: the signal interrupts the wait (EINTR),
+``process()`` returns, and the loop drains the pipes. The handler does nothing;
 SA_RESTART is set so that no other system call of the CA library is disturbed (select
 and poll are never restarted, which is the point).
 
@@ -22,16 +23,17 @@ import os
 import select
 import signal
 import threading
+from typing import Sequence
 
 WAKE_SIGNAL = signal.SIGUSR2
 RESEND = 0.0005
 
 
 class Wakeup:
-    """Interrupts the main thread's CA wait whenever `fd` is readable."""
+    """Interrupts the main thread's CA wait whenever one of `fds` is readable."""
 
-    def __init__(self, fd: int):
-        self._fd = fd
+    def __init__(self, fds: Sequence[int]):
+        self._fds = list(fds)
         self._main = threading.main_thread().ident
         self._condition = threading.Condition()
         self._waiting = False
@@ -62,7 +64,7 @@ class Wakeup:
 
     def _run(self) -> None:
         while True:
-            readable, _, _ = select.select([self._fd, self._stop_r], [], [])
+            readable, _, _ = select.select([*self._fds, self._stop_r], [], [])
             if self._stop_r in readable:
                 return
             with self._condition:
@@ -72,7 +74,7 @@ class Wakeup:
                     self._condition.wait()
                 if self._stopping:
                     return
-            if not select.select([self._fd], [], [], 0)[0]:
+            if not select.select(self._fds, [], [], 0)[0]:
                 continue  # drained before the loop began to wait: nothing to wake for
             with self._condition:
                 while self._waiting and not self._stopping:

@@ -107,7 +107,7 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _short(obj: object, limit: int = 60) -> str:
+def short(obj: object, limit: int = 60) -> str:
     """repr(obj), cut short: details quote what a client sent, which may be huge."""
     return _clip(repr(obj), limit)
 
@@ -128,11 +128,17 @@ def decode(message: bytes, max_updates: int = 100_000) -> Decoded:
     Otherwise each update is checked on its own: a bad one lands in `refused` with a
     detail starting ``update #i:``, and the rest are kept in message order.
     """
+    return decode_object(unpack(message), max_updates)
+
+
+def unpack(message: bytes) -> object:
+    """The one msgpack object in `message`, every length bounded by the message's size;
+    `Refused` (MALFORMED) if there is none."""
     try:
         # max_*_len bound every declared length by the message size, so a short message
         # cannot make the unpacker allocate much; strict_map_key keeps keys str/bytes.
         size = len(message)
-        obj = msgpack.unpackb(
+        return msgpack.unpackb(
             message, raw=False, strict_map_key=True, use_list=True,
             max_str_len=size, max_bin_len=size, max_array_len=size,
             max_map_len=size // 2, max_ext_len=size,
@@ -143,6 +149,14 @@ def decode(message: bytes, max_updates: int = 100_000) -> Decoded:
             if isinstance(error, kind):
                 raise _malformed(text) from None
         raise _malformed(f"not msgpack: {_clip(str(error), 120)}") from None
+
+
+def decode_object(obj: object, max_updates: int = 100_000) -> Decoded:
+    """The updates in an unpacked message body: a map (one update) or an array of maps.
+
+    The same checks as `decode` after unpacking; the acknowledged way in (protocol
+    version 2, `relayd.core.acks`) carries such a body inside its request.
+    """
     if isinstance(obj, dict):
         items, batch = [obj], False
     elif isinstance(obj, list):
@@ -219,13 +233,13 @@ def _check_keys(item: dict) -> None:
         version = item["v"]
         if type(version) is not int or version != VERSION:
             raise _BadUpdate(
-                f"protocol version {_short(version)} is not supported "
+                f"protocol version {short(version)} is not supported "
                 f"(this relay speaks version {VERSION})"
             )
     unknown = [key for key in item if key not in KEYS]
     if unknown:
         noun = "key" if len(unknown) == 1 else "keys"
-        listed = ", ".join(sorted(_short(key, 40) for key in unknown))
+        listed = ", ".join(sorted(short(key, 40) for key in unknown))
         raise _BadUpdate(f"unknown {noun} {listed} (keys are pv, op, value, ts, meta, v)")
 
 
@@ -238,7 +252,7 @@ def _target(item: dict) -> tuple[str, str, float | None]:
         raise _BadUpdate(f"'pv' is a {_type_name(pv)}, not a str")
     op = item.get("op", PUT)
     if not isinstance(op, str) or op not in OPS:
-        raise _BadUpdate(f"'op' {_short(op)} is not 'put' or 'delete'")
+        raise _BadUpdate(f"'op' {short(op)} is not 'put' or 'delete'")
     ts = item.get("ts")  # nil is the same as no 'ts'
     if ts is not None:
         why = ts_problem(ts)
@@ -317,7 +331,7 @@ def encode_update(pv: str, value: object = None, *, op: str = PUT,
         raise ValueError(f"op must be 'put' or 'delete', not {op!r}")
     if ts is not None:
         if not isinstance(ts, numbers.Real):
-            raise TypeError(f"ts must be a number of POSIX seconds, not {_short(ts)}")
+            raise TypeError(f"ts must be a number of POSIX seconds, not {short(ts)}")
         ts = ts if type(ts) is int else float(ts)
         why = ts_problem(ts)
         if why:

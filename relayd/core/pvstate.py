@@ -39,7 +39,7 @@ class PVState:
     """Value, times, alarm and attributes of one plain (non-buffer) PV."""
 
     __slots__ = ("spec", "value", "ts_ns", "status", "severity", "meta", "lalm", "stale",
-                 "updated")
+                 "updated", "writer", "updates")
 
     def __init__(self, spec: PVSpec, meta: Meta = DEFAULT_META):
         self.spec = spec
@@ -51,6 +51,10 @@ class PVState:
         self.lalm = math.nan  # last alarm value, for hysteresis
         self.stale = False
         self.updated = 0.0  # monotonic time of the last put, for staleness
+        # Who put the last value ("zmq 10.0.0.5", "ca user@host"; "" if unknown or never),
+        # and how many values were put since this process made the PV (for rates).
+        self.writer = ""
+        self.updates = 0
 
     @property
     def defined(self) -> bool:

@@ -13,6 +13,7 @@ from typing import Callable
 
 from relayd.core.errors import Reason
 from relayd.core.names import Kind
+from relayd.core.ops import Way
 from relayd.core.writes import Relay
 
 LAST_REFUSAL_LENGTH = 256
@@ -41,6 +42,21 @@ def _reason_pv(reason: Reason) -> StatusPV:
         1,
         f"refusals because {reason.description}",
         lambda relay, started: float(relay.stats.by_reason[reason]),
+    )
+
+
+_WAY_NAMES = {Way.CA: "CA puts", Way.ZMQ: "ZMQ messages, pushed or acknowledged",
+              Way.HTTP: "the HTTP API", Way.PVA: "pvAccess puts"}
+
+
+def _way_pvs(way: Way) -> tuple[StatusPV, StatusPV]:
+    return (
+        StatusPV(f"status:accepted:{way.value}", Kind.FLOAT, 1,
+                 f"updates accepted from {_WAY_NAMES[way]}",
+                 lambda relay, started: float(relay.stats.accepted_by_way[way.value])),
+        StatusPV(f"status:refused:{way.value}", Kind.FLOAT, 1,
+                 f"refusals of {_WAY_NAMES[way]}",
+                 lambda relay, started: float(relay.stats.refused_by_way[way.value])),
     )
 
 
@@ -79,6 +95,10 @@ STATUS_PVS: tuple[StatusPV, ...] = (
              "worker repeated after a full pipe (nothing lost), or a message cut short by a "
              "restart (its updates lost)",
              lambda relay, started: float(relay.stats.pipe_dropped)),
+    StatusPV("status:pipe:replyDropped", Kind.FLOAT, 1,
+             "answers (verdicts) the CA process dropped because a worker's outbox was full; "
+             "their senders are told nothing and time out",
+             lambda relay, started: float(relay.stats.reply_dropped)),
     StatusPV("status:restarts:ca", Kind.INT, 1,
              "times the supervisor restarted the CA server process",
              lambda relay, started: int(relay.stats.restarts.get("ca-server", 0))),
@@ -104,4 +124,5 @@ STATUS_PVS: tuple[StatusPV, ...] = (
                  :LAST_REFUSAL_LENGTH]),
     StatusPV("status:autosave:restored", Kind.INT, 1, "PVs restored from autosave at start",
              lambda relay, started: relay.stats.restored),
-) + tuple(_reason_pv(reason) for reason in Reason)
+) + tuple(pv for way in Way for pv in _way_pvs(way)) + tuple(
+    _reason_pv(reason) for reason in Reason)

@@ -15,6 +15,7 @@ from typing import Generic
 from relayd.core.errors import Reason, Refused
 from relayd.core.meta import Meta
 from relayd.core.names import Grammar, PVSpec
+from relayd.core.ops import Way
 from relayd.core.registry import PV, Registry
 from relayd.core.stats import Stats
 from relayd.core.values import Stored, convert
@@ -35,12 +36,15 @@ class Relay(Generic[PV]):
         """
         return self.put_spec(self.grammar.spec_for(name), raw, ts_ns, now)
 
-    def put_spec(self, spec: PVSpec, raw: object, ts_ns: int, now: float = 0.0
-                 ) -> tuple[PV, bool]:
-        """Put `raw` to the PV described by `spec` (its name already parsed)."""
+    def put_spec(self, spec: PVSpec, raw: object, ts_ns: int, now: float = 0.0,
+                 writer: str = "", way: str = Way.CA) -> tuple[PV, bool]:
+        """Put `raw` to the PV described by `spec` (its name already parsed), for
+        `writer` (the PV's last writer, see `apply`) coming in by `way`."""
         stored = convert(spec, raw)
         pv = self.registry.ensure(spec)
-        return pv, self.apply(pv, stored, ts_ns, now)
+        alarm_changed = self.apply(pv, stored, ts_ns, now, None, writer)
+        self.stats.accepted_by_way[way] += 1
+        return pv, alarm_changed
 
     def ensure(self, name: str) -> PV:
         """The PV of the full name `name`, made if needed, for a value already converted.
@@ -50,17 +54,20 @@ class Relay(Generic[PV]):
         return self.registry.ensure(self._parse(name, name))
 
     def apply(self, pv: PV, stored: Stored, ts_ns: int, now: float = 0.0,
-              meta: dict | None = None) -> bool:
+              meta: dict | None = None, writer: str = "") -> bool:
         """Apply a value already converted for `pv`; True if its alarm changed.
 
         The one place a value is applied, whichever way it came in. `meta`, attribute
         changes already checked (`meta.check_changes`), are applied first, so the value's
-        alarm is judged by the new limits.
+        alarm is judged by the new limits. `writer` says who sent it (``zmq 10.0.0.5``,
+        ``ca user@host``): the PV's last writer. The caller counts it by way in.
         """
         state = pv.state
         if meta:
             state.meta = replace(state.meta, **meta)
         self.stats.accepted += 1
+        state.writer = writer
+        state.updates += 1
         return state.put(stored, ts_ns, now)
 
     def restore(self, spec: PVSpec, stored: Stored, ts_ns: int, meta: Meta, now: float) -> PV:

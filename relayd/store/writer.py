@@ -13,6 +13,13 @@ before it returns: a clean stop loses nothing.
 Every interval the writer also checks that the store's files are still the ones it
 writes (see `Store.changed`). If they were deleted or replaced, it makes the file again
 and the CA loop's next flush hands over every PV, not only the dirty ones.
+
+Durable acknowledgements (`relayd.ca.replies`) need to know when a change is in the
+file: `flush_now` hands everything over at once and returns a generation number, and
+`committed` is the highest generation whose changes the writer has committed (the file
+is in WAL mode with ``synchronous=NORMAL``: a committed change survives a killed
+process, not a power cut). Each counter has one writer: the CA loop counts generations,
+the writer thread `committed`.
 """
 
 from __future__ import annotations
@@ -116,6 +123,8 @@ class Autosaver:
         # wrote first would come first in the new file, out of creation order).
         self._remade = self._everything_sent = 0
         self._awaiting_everything = False  # the writer thread's own
+        self._generation = 0  # the CA loop's: the last `flush_now`
+        self.committed = 0  # the writer thread's: every change up to it is in the file
         self._queue: queue.Queue = queue.Queue()
         self._errors = RateLimitedLog(log, burst=2, period=60.0)
         self._thread = threading.Thread(target=self._run, name="relayd-autosave", daemon=True)
@@ -151,6 +160,14 @@ class Autosaver:
         self._start()
         self._hand(None)
 
+    def flush_now(self) -> int:
+        """Hand everything that changed to the writer now; the generation that, once
+        `committed` reaches it, says every change made before this call is in the file."""
+        self._generation += 1
+        self.flush()
+        self._queue.put(({}, set(), False, self._generation))
+        return self._generation
+
     def _start(self) -> None:
         self._next = time.monotonic() + self.interval
         # In the order the PVs were first touched: the store keeps creation order. A PV
@@ -182,7 +199,7 @@ class Autosaver:
         everything, self._todo_everything = self._todo_everything, False
         if end > start or deleted or everything:
             saved = {state.spec.name: snapshot(state) for state in todo[start:end]}
-            self._queue.put((saved, deleted, everything))
+            self._queue.put((saved, deleted, everything, 0))
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Write everything still pending, then close; False if that did not succeed."""
@@ -199,15 +216,17 @@ class Autosaver:
     def _run(self) -> None:
         pending = _Pending()
         next_check = time.monotonic() + self.interval
+        taken = 0  # the highest generation handed over so far
         while True:
             items = self._take()
             stopping = None in items  # stop() asked, after everything before it
             try:
                 for item in items:
                     if item is not None:
-                        saved, deleted, everything = item
+                        saved, deleted, everything, generation = item
                         self._awaiting_everything &= not everything
                         pending.merge(dict(saved), set(deleted), everything)
+                        taken = max(taken, generation)
                 if stopping or time.monotonic() >= next_check:
                     next_check = time.monotonic() + self.interval
                     self._check_files(pending, stopping)
@@ -216,6 +235,8 @@ class Autosaver:
             except Exception as error:  # a bug: say so, keep the changes, go on
                 self._failed(error, len(pending), bug=True)
             self.status.pending = len(pending)
+            if not len(pending) and not self._awaiting_everything:
+                self.committed = taken
             for _ in items:
                 self._queue.task_done()
             if stopping:

@@ -2,8 +2,9 @@
 
 The supervisor starts each child as a fresh interpreter, ``python -m MODULE`` (the role's
 module: `relayd.ca` for the CA server, `workers.ingest` for the ingest worker), with the
-config as JSON and the file descriptors it inherits (its lifeline, and its end of the
-internal pipe). `serve` is the one start-up every role shares: name itself in ``ps``,
+config as JSON and the file descriptors it inherits: its lifeline, and its ends of the
+internal pipes (`Channel`: a worker's own up and down pipes; every worker's for the CA
+server). `serve` is the one start-up every role shares: name itself in ``ps``,
 die with its parent, set up logging and signals, run the role's main loop, report a
 boot failure as one line with exit code BOOT_FAILED, and exit without finalisation.
 The roles never import each other, and this module imports neither.
@@ -46,15 +47,48 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 @dataclass(frozen=True)
+class Channel:
+    """One worker's two internal pipes (`relayd.supervise.pipe`), as one child holds them.
+
+    A worker holds the writer end of its up pipe and the reader end of its down pipe;
+    the CA process the other two ends of every worker's pipes, and the up pipe's writer
+    end too, to measure what waits in it (the backlog status PV).
+    """
+
+    role: str  # the worker's role
+    up: socket.socket  # worker -> CA process: the worker's end or the CA process's
+    down: socket.socket  # CA process -> worker: likewise
+    up_writer: socket.socket | None = None  # the CA process only
+
+    @classmethod
+    def parse(cls, text: str) -> Channel:
+        """A channel from its ``--channel`` argument, ``ROLE,UP_FD,DOWN_FD[,UP_WRITER_FD]``."""
+        role, *fds = text.split(",")
+        ends = [socket.socket(fileno=int(fd)) for fd in fds]
+        if len(ends) not in (2, 3):
+            raise ValueError(f"--channel {text!r}: ROLE,UP_FD,DOWN_FD[,UP_WRITER_FD]")
+        return cls(role, *ends)
+
+    @staticmethod
+    def argument(role: str, *ends: socket.socket) -> str:
+        """The ``--channel`` argument that hands `ends` (up, down[, up writer]) to a child."""
+        return ",".join([role, *(str(end.fileno()) for end in ends)])
+
+
+@dataclass(frozen=True)
 class ChildEnv:
     """What a child is handed: its config, its channels to the others, its stop flag."""
 
     role: str
     config: Config
     lifeline: Lifeline
-    pipe: socket.socket  # this child's end of the internal pipe
-    pipe_writer: socket.socket | None  # the writer end, for the CA process's backlog figure
+    channels: dict[str, Channel]  # by worker role: a worker's own, or every worker's
     stopping: StopFlag
+
+    @property
+    def channel(self) -> Channel:
+        """A worker's own channel."""
+        return self.channels[self.role]
 
 
 def parse(role: str, argv: Sequence[str]) -> argparse.Namespace:
@@ -62,8 +96,9 @@ def parse(role: str, argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--config-json", required=True)
     parser.add_argument("--parent-pid", type=int, required=True)
     parser.add_argument("--lifeline-fd", type=int, required=True)
-    parser.add_argument("--pipe-fd", type=int, required=True, help="this child's pipe end")
-    parser.add_argument("--pipe-writer-fd", type=int, help="the writer end (CA: backlog)")
+    parser.add_argument("--channel", action="append", default=[],
+                        metavar="ROLE,UP_FD,DOWN_FD[,UP_WRITER_FD]",
+                        help="a worker's pipe ends (see Channel); repeated by the CA server")
     return parser.parse_args(argv)
 
 
@@ -75,10 +110,10 @@ def main(role: str, run: Callable[[ChildEnv], None], argv: Sequence[str] | None 
     config = Config.from_json(args.config_json)
     logs.setup(config.log_level)
     lifeline = Lifeline(socket.socket(fileno=args.lifeline_fd))
-    writer = socket.socket(fileno=args.pipe_writer_fd) if args.pipe_writer_fd else None
+    channels = {channel.role: channel for channel in map(Channel.parse, args.channel)}
     stop = StopFlag()
     stop.install()
-    env = ChildEnv(role, config, lifeline, socket.socket(fileno=args.pipe_fd), writer, stop)
+    env = ChildEnv(role, config, lifeline, channels, stop)
     try:
         run(env)
     except BootError as error:

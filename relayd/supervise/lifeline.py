@@ -6,9 +6,12 @@ Child to supervisor:
   ``{"ready": true}``          booted and serving (until then a death counts as a boot failure)
   ``{"fatal": "reason"}``      cannot boot; the reason is one line; the child then exits
   ``{"beat": true}``           heartbeat, at least every second while the child is healthy
+  ``{"stopping": true}``       the CA server got a stop signal: may it stop? (counts as a beat)
 
 Supervisor to child:
   ``{"restarts": {...}}``      restart counts of every child, for the status PVs
+  ``{"stop": true}``           to the CA server: every worker has stopped (or the stop
+                               signal was for the CA server alone): stop now
 
 The child also learns from this channel that its parent is gone: the socket reads as
 closed (EOF) the moment the supervisor dies, however it died.

@@ -1,13 +1,15 @@
-"""The internal pipe from the ingest worker to the CA process.
+"""The internal pipes between the workers and the CA process: packets and their ends.
 
-The supervisor creates it once, as an ``AF_UNIX``/``SOCK_SEQPACKET`` socket pair, and
-keeps both ends for the relay's whole life; each child inherits the end it uses. Why
+The supervisor creates two pipes per worker, each an ``AF_UNIX``/``SOCK_SEQPACKET``
+socket pair, and keeps every end for the relay's whole life; each child inherits the
+ends it uses. The *up* pipe carries a worker's batches to the CA process, the *down*
+pipe the CA process's answers back (`relayd.supervise.messages` says what travels). Why
 this kind of pipe:
 
-* The kernel delivers each packet whole. A CA process killed in the middle of reading
+* The kernel delivers each packet whole. A process killed in the middle of reading
   loses at most the message it was reading; its successor starts on a packet boundary.
   A byte-stream pipe would leave the successor inside a half-read frame.
-* Data already in the pipe survives a restart of either child, because the supervisor
+* Data already in a pipe survives a restart of either child, because the supervisor
   still holds both ends.
 * The writer's unread bytes are one ioctl away (`backlog`), which is the "pipe
   backlog" status PV.
@@ -16,9 +18,9 @@ Messages larger than one packet travel as numbered chunks (`packets`, `Reassembl
 chunks of a message whose beginning was lost are dropped until the next first chunk,
 which is how a restarted reader resynchronises.
 
-The message itself is msgpack (`encode_forward`/`decode_forward`): batches of updates
-already validated and converted by the worker, plus the worker's counters. numpy arrays
-travel as msgpack extension types and arrive as read-only views of their own bytes.
+Three ends: `PipeWriter` (a worker's up end: waits for room, with a timeout),
+`PipeReader` (never blocks) and `Outbox` (the CA process's down end: never blocks
+either; it queues whole messages up to a bound and sends what the pipe takes).
 """
 
 from __future__ import annotations
@@ -29,22 +31,12 @@ import itertools
 import socket
 import struct
 import termios
-from dataclasses import dataclass, field
-from typing import Any, Iterator
-
-import msgpack
-import numpy as np
-
-from relayd.core.names import Kind
-from relayd.core.ops import PipeOp
+from collections import deque
+from typing import Iterator
 
 # Payload bytes per packet: fits the default socket buffer of every Linux.
 CHUNK = 60_000
 _HEADER = struct.Struct("!IHH")  # message id, chunk index, chunk count
-
-# msgpack extension codes for numpy arrays inside pipe messages.
-_EXT_DTYPES = {1: Kind.FLOAT.stored_dtype, 2: Kind.INT.stored_dtype, 3: Kind.CHAR.stored_dtype}
-_EXT_CODES = {dtype: code for code, dtype in _EXT_DTYPES.items()}
 
 
 def socket_pair(buffer_bytes: int) -> tuple[socket.socket, socket.socket]:
@@ -65,6 +57,31 @@ def backlog(writer: socket.socket) -> int:
     count = array.array("i", [0])
     fcntl.ioctl(writer.fileno(), termios.TIOCOUTQ, count)
     return count[0]
+
+
+class WorkerPipes:
+    """One worker's two pipes, both ends of each: the supervisor holds them all."""
+
+    def __init__(self, up: tuple[socket.socket, socket.socket],
+                 down: tuple[socket.socket, socket.socket]):
+        self.up_reader, self.up_writer = up
+        self.down_reader, self.down_writer = down
+
+    @classmethod
+    def make(cls, buffer_bytes: int) -> WorkerPipes:
+        return cls(socket_pair(buffer_bytes), socket_pair(buffer_bytes))
+
+    def worker_ends(self) -> tuple[socket.socket, socket.socket]:
+        """What the worker gets: (up writer, down reader)."""
+        return (self.up_writer, self.down_reader)
+
+    def ca_ends(self) -> tuple[socket.socket, socket.socket, socket.socket]:
+        """What the CA process gets: (up reader, down writer, up writer for the backlog)."""
+        return (self.up_reader, self.down_writer, self.up_writer)
+
+    def close(self) -> None:
+        for end in (self.up_reader, self.up_writer, self.down_reader, self.down_writer):
+            end.close()
 
 
 # --- framing (pure) -------------------------------------------------------------------
@@ -117,67 +134,11 @@ class Reassembler:
         return message
 
 
-# --- messages (pure) -------------------------------------------------------------------
-
-
-@dataclass
-class Forward:
-    """One pipe message from the worker: updates in batches, and counters to add.
-
-    Each batch is one ZMQ message's accepted updates (`relayd.core.ops.PipeOp`), applied
-    atomically by the CA process. The worker sends PipeOps; `decode_forward` gives each
-    back as a list in PipeOp's field order (see `relayd.core.ops` for why).
-    """
-
-    seq: int
-    sent_ns: int  # time.monotonic_ns() when the worker sent it (same host clock)
-    batches: list[list[PipeOp]] = field(default_factory=list)
-    counters: dict[str, Any] = field(default_factory=dict)
-
-
-def _default(value: object) -> object:
-    if isinstance(value, np.ndarray):
-        code = _EXT_CODES.get(value.dtype)
-        if code is not None:
-            return msgpack.ExtType(code, np.ascontiguousarray(value).tobytes())
-    raise TypeError(f"cannot send {type(value).__name__} through the pipe")
-
-
-def _ext_hook(code: int, data: bytes) -> object:
-    dtype = _EXT_DTYPES.get(code)
-    if dtype is None:
-        return msgpack.ExtType(code, data)
-    # A read-only view of `data`, a bytes object of its own that nothing else holds:
-    # no copy is needed, and nobody can change the array behind the PV's back.
-    return np.frombuffer(data, dtype=dtype)
-
-
-def encode_forward(forward: Forward) -> bytes:
-    return msgpack.packb(
-        (forward.seq, forward.sent_ns, forward.batches, forward.counters),
-        default=_default, use_bin_type=True,
-    )
-
-
-def decode_forward(payload: bytes) -> Forward:
-    """The Forward in `payload`; `ValueError` (or msgpack's errors) if it is not one.
-
-    Checked down to the list of batches. Each batch, and each op in it, is checked where
-    it is applied: checking a batch here would cost as much again as decoding it.
-    """
-    seq, sent_ns, batches, counters = msgpack.unpackb(
-        payload, ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=True
-    )
-    if not (type(batches) is list and type(counters) is dict and type(sent_ns) is int):
-        raise ValueError("not a pipe message: (seq, sent_ns, [[op, ...], ...], {counters})")
-    return Forward(seq, sent_ns, batches, counters)
-
-
 # --- the two ends (I/O) ------------------------------------------------------------------
 
 
 class PipeWriter:
-    """The worker's end: sends whole messages, waiting for room when the pipe is full."""
+    """A worker's up end: sends whole messages, waiting for room when the pipe is full."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
@@ -200,7 +161,8 @@ class PipeWriter:
 
 
 class PipeReader:
-    """The CA process's end: whole messages, without ever blocking."""
+    """A reading end (the CA process's up ends, a worker's down end): whole messages,
+    without ever blocking."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
@@ -226,3 +188,47 @@ class PipeReader:
             message = self._reassembler.feed(packet)
             if message is not None:
                 return message
+
+
+class Outbox:
+    """The CA process's down end: whole messages queued, sent without ever blocking.
+
+    `put` queues a message's packets unless that would take the queue beyond `limit`
+    bytes: then the message is dropped and counted (`dropped`), and whoever waits for
+    it times out. `flush` sends queued packets until the pipe is full. A message is
+    never cut by a drop: only whole messages are queued or refused.
+    """
+
+    def __init__(self, sock: socket.socket, limit: int):
+        self.sock = sock
+        self.sock.setblocking(False)
+        self.limit = limit
+        self._packets: deque[bytes] = deque()
+        self._bytes = 0
+        self._ids = itertools.count()
+        self.dropped = 0  # messages refused because the queue was full
+
+    def __len__(self) -> int:
+        """Bytes queued and not yet sent."""
+        return self._bytes
+
+    def put(self, payload: bytes) -> bool:
+        """Queue one message; False (and counted) if the queue has no room for it."""
+        if self._bytes + len(payload) > self.limit:
+            self.dropped += 1
+            return False
+        for packet in packets(next(self._ids), payload):
+            self._packets.append(packet)
+            self._bytes += len(packet)
+        return True
+
+    def flush(self) -> bool:
+        """Send what the pipe takes now; True once the queue is empty."""
+        queue = self._packets
+        while queue:
+            try:
+                self.sock.send(queue[0])
+            except (BlockingIOError, InterruptedError):
+                return False
+            self._bytes -= len(queue.popleft())
+        return True

@@ -1,6 +1,7 @@
 """The supervisor: relayd's parent process, which runs and watches its children.
 
-It creates the internal pipe, starts the CA server process and the workers (``python -m
+It creates the internal pipes (two per worker: up to the CA server, down from it), starts
+the CA server process and the workers (``python -m
 MODULE``, each role's module in `ROLES`), restarts a child that dies, and stops them all
 cleanly: every worker first, the CA server (which drains the pipe) last.
 Modelled on gunicorn's arbiter: signal handlers only enqueue the signal; one loop waits
@@ -62,18 +63,19 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from relayd.config import Config
-from relayd.supervise.child import BOOT_FAILED
+from relayd.supervise.child import BOOT_FAILED, Channel
 from relayd.supervise.lifecycle import Action, Child, describe_exit
 from relayd.supervise.lifeline import Lifeline
-from relayd.supervise.pipe import socket_pair
+from relayd.supervise.pipe import WorkerPipes
 
 log = logging.getLogger("relayd.supervisor")
 
 # Each role and the module that runs it (``python -m MODULE``), in start order. Named,
 # not imported: the supervisor never loads a child's code. This is the one list of roles.
 ROLES = {"ca-server": "relayd.ca", "ingest": "workers.ingest"}
-# The role that serves CA and reads the internal pipe; every other role is a worker,
-# which writes to the pipe. Workers stop first, so that the CA server can drain the pipe.
+# The role that serves CA and reads the internal pipes; every other role is a worker,
+# with an up pipe it writes to and a down pipe it reads the CA server's answers from.
+# Workers stop first, so that the CA server can drain their pipes.
 CA_SERVER = "ca-server"
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
 TICK = 0.5  # seconds a turn waits for a signal or a message
@@ -110,6 +112,7 @@ class Supervisor:
     clock: Callable[[], float] = time.monotonic
     children: dict[str, Child] = field(default_factory=dict)
     running: dict[str, Running] = field(default_factory=dict)
+    pipes: dict[str, WorkerPipes] = field(default_factory=dict)  # by worker role
     exit_code: int = 0
     _signals: list[int] = field(default_factory=list)
     _stop_deadline: float | None = None
@@ -131,9 +134,9 @@ class Supervisor:
         return self._stop_deadline is not None and not self.running
 
     def start(self) -> None:
-        """Set up the pipe, the selector and the signal handlers; spawn every role."""
+        """Set up the pipes, the selector and the signal handlers; spawn every role."""
         self.children = {role: Child(role) for role in ROLES}
-        self.reader, self.writer = socket_pair(self.config.pipe_buffer)
+        self.pipes = {role: WorkerPipes.make(self.config.pipe_buffer) for role in workers()}
         self.selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
@@ -165,8 +168,8 @@ class Supervisor:
         self.selector.close()
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
-        self.reader.close()
-        self.writer.close()
+        for pipes in self.pipes.values():
+            pipes.close()
 
     # --- signals: the handler only enqueues ------------------------------------------
 
@@ -243,18 +246,18 @@ class Supervisor:
 
     def _spawn(self, role: str) -> None:
         parent_end, child_end = Lifeline.pair()
-        pipe_end = self.reader if role == CA_SERVER else self.writer
         command = [
             sys.executable, "-m", ROLES[role],
             "--config-json", self.config.to_json(),
             "--parent-pid", str(os.getpid()),
             "--lifeline-fd", str(child_end.fileno()),
-            "--pipe-fd", str(pipe_end.fileno()),
         ]
-        fds = [child_end.fileno(), pipe_end.fileno()]
-        if role == CA_SERVER:
-            command += ["--pipe-writer-fd", str(self.writer.fileno())]
-            fds.append(self.writer.fileno())
+        fds = [child_end.fileno()]
+        for worker in workers() if role == CA_SERVER else [role]:
+            pipes = self.pipes[worker]
+            ends = pipes.ca_ends() if role == CA_SERVER else pipes.worker_ends()
+            command += ["--channel", Channel.argument(worker, *ends)]
+            fds += [end.fileno() for end in ends]
         try:
             process = self.popen(command, pass_fds=fds)
         finally:
@@ -299,6 +302,8 @@ class Supervisor:
                 child.fatal_reason = str(message["fatal"])
             else:
                 child.beat(now)
+                if message.get("stopping") and role == CA_SERVER and not self._stopping:
+                    self._tell_stop()  # a stop signal to the CA server alone
         for role in roles:
             running = self.running.get(role)
             if running is not None and running.lifeline.closed:
@@ -345,12 +350,29 @@ class Supervisor:
                 self._act(role, child.silent(now))
 
     def _terminate_in_order(self) -> None:
-        """SIGTERM to every worker at once; to the CA server once every worker is gone."""
+        """SIGTERM to every worker at once; to the CA server once every worker is gone,
+        with a lifeline message saying so (it may have had a SIGTERM of its own)."""
         workers_left = any(role in self.running for role in workers())
         for role in list(self._terminate):
             if role != CA_SERVER or not workers_left:
                 self._terminate.remove(role)
+                if role == CA_SERVER:
+                    self._tell_stop()
                 self._signal(role, signal.SIGTERM)
+
+    @property
+    def _stopping(self) -> bool:
+        """The relay stops, or a stop signal is queued: a signal to the whole process
+        group (stopasgroup, Ctrl-C) is queued before the CA server can say it got one."""
+        return self._stop_deadline is not None or any(
+            signum in (signal.SIGTERM, signal.SIGINT) for signum in self._signals)
+
+    def _tell_stop(self) -> None:
+        """Tell the CA server that it may stop: no worker will forward more. After a stop
+        signal it asks (``stopping``) and applies on until told (`relayd.ca.process`)."""
+        running = self.running.get(CA_SERVER)
+        if running is not None:
+            running.lifeline.send(stop=True)
 
     # --- stopping ----------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import configparser
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -188,7 +189,9 @@ def write_config(workdir: Path, socket_dir: Path, prefix: str, endpoint: str,
     conf["supervisord"]["pidfile"] = str(workdir / "supervisord.pid")
     conf["supervisord"]["childlogdir"] = str(workdir)
     program = conf["program:relayd"]
+    ack = f"tcp://127.0.0.1:{free_port((socket.SOCK_STREAM,))}"  # not the default port
     program["command"] = (f"{sys.executable} -m relayd --prefix {prefix} --zmq-bind {endpoint} "
+                          f"--zmq-ack-bind {ack} "
                           f"--autosave {workdir / 'autosave.sqlite'}")  # not ~/.local/state
     program["stdout_logfile"] = str(workdir / "relayd.log")
     env = {k: v for k, v in os.environ.items()

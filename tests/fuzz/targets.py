@@ -25,8 +25,9 @@ from relayd.core import protocol
 from relayd.core.errors import Reason, Refused
 from relayd.core.meta import META_KEYS
 from relayd.core.names import Grammar, Kind, NameLimits
-from relayd.core.ops import Op, PipeOp
-from relayd.supervise.pipe import Forward, decode_forward, encode_forward
+from relayd.core.intake import Intake
+from relayd.core.ops import Batch, Op, PipeOp, Way
+from relayd.supervise.messages import Forward, decode, encode
 from workers.ingest.validate import Ingest
 
 PREFIX = "fz"
@@ -72,7 +73,7 @@ def check_decode(data: bytes) -> None:
 
 
 def check_handle(data: bytes) -> None:
-    ingest = Ingest(GRAMMAR)
+    ingest = Ingest(Intake(GRAMMAR, 1000))
     try:
         ops = ingest.handle(data, ARRIVAL_NS)
     except Refused:
@@ -85,9 +86,10 @@ def check_handle(data: bytes) -> None:
     refused = counters.get("refused", {})
     assert all(Reason(code) and count > 0 for code, count in refused.items())
     if ops:  # what was accepted can travel through the internal pipe to the CA process
-        forward = decode_forward(encode_forward(Forward(1, 2, [ops], counters)))
-        assert len(forward.batches[0]) == len(ops)
-        assert [item[:2] for item in forward.batches[0]] == [[op.op, op.name] for op in ops]
+        forward = decode(encode(Forward(1, 2, [Batch(ops, Way.ZMQ, "zmq")], counters)))
+        travelled = forward.batches[0][0]
+        assert len(travelled) == len(ops)
+        assert [item[:2] for item in travelled] == [[op.op, op.name] for op in ops]
 
 
 def check_op(op: object) -> None:

@@ -1,9 +1,10 @@
-"""The CA process's ingest (relayd.ca.apply.PipeIngest) over a real pipe, without pcas.
+"""The CA process's ingest (relayd.ca.apply.PipeIngest) over real pipes, without pcas.
 
 Batches are made by the worker's own validation (`workers.ingest.validate.Ingest`) from
 ZMQ message bytes, travel through a real `PipeWriter`/`PipeReader` socket pair, and are
 applied to a small recording server that implements `IngestServer`: it records every
-post (with what every PV held at that moment), refusal, delete and attribute change.
+post (with what every PV held at that moment), refusal, delete and attribute change. The
+verdicts and query results `PipeIngest` hands back are recorded too.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ import pytest
 from relayd.ca.apply import POSTS_PER_CYCLE, SOURCE, IngestServer, PipeIngest
 from relayd.ca.pvs import DBE_ALL, DBE_PROPERTY, DBE_VALUE_LOG
 from relayd.core.errors import Reason, Refused
+from relayd.core.intake import Intake
 from relayd.core.names import Grammar, NameLimits
-from relayd.core.ops import Op, PipeOp
+from relayd.core.ops import Batch, Op, PipeOp, Verdict, Way
 from relayd.core.protocol import dumps, encode_update
 from relayd.core.registry import Registry
 from relayd.core.writes import Relay
-from relayd.supervise.pipe import (
-    Forward, PipeReader, PipeWriter, encode_forward, packets, socket_pair,
-)
+from relayd.supervise.messages import Forward, Query, QueryResult, encode
+from relayd.supervise.pipe import PipeReader, PipeWriter, packets, socket_pair
 from workers.ingest.validate import Ingest
 
 pytestmark = pytest.mark.timeout(60)
@@ -66,8 +67,8 @@ class RecordingServer:
         self.deleted: list[str] = []
         self.meta_changes: list[tuple[str, bool]] = []
 
-    def report(self, refused: Refused, source: str) -> int:
-        self.relay.stats.count_refusal(refused, source)
+    def report(self, refused: Refused, source: str, way: str = Way.CA.value) -> int:
+        self.relay.stats.count_refusal(refused, source, way)
         self.refusals.append((refused.reason, source, refused.detail))
         return 0
 
@@ -89,15 +90,28 @@ class RecordingServer:
 
 
 class Rig:
-    """A recording server and the two ends of a real pipe, with `PipeIngest` on the reader."""
+    """A recording server and real pipes, with `PipeIngest` on their reading ends.
 
-    def __init__(self, server: RecordingServer, reader: PipeReader, writer: PipeWriter):
+    `send` forwards through the first worker's pipe ("ingest"); `answers` and `results`
+    record the verdicts and query results `PipeIngest` hands back, by worker role.
+    """
+
+    def __init__(self, server: RecordingServer, pipes: dict[str, tuple[PipeReader, PipeWriter]]):
         self.server = server
-        self.reader = reader
-        self.writer = writer
-        self.ingest = PipeIngest(server, reader)
-        self.worker = Ingest(GRAMMAR)  # the worker's validation, as in the ingest worker
+        self.pipes = pipes
+        self.reader, self.writer = pipes["ingest"]
+        self.answers: list[tuple[str, int, list[Verdict], bool]] = []
+        self.results: list[tuple[str, QueryResult]] = []
+        self.ingest = PipeIngest(server, {role: reader for role, (reader, _) in pipes.items()},
+                                 self._answer, lambda role, result: self.results.append(
+                                     (role, result)))
+        # The worker's validation, as in the ingest worker
+        self.worker = Ingest(Intake(GRAMMAR, 1000))
         self._seq = 0
+
+    def _answer(self, role: str, request_id: int, verdicts: list, durable: bool) -> None:
+        self.answers.append((role, request_id, [Verdict.from_wire(v) for v in verdicts],
+                             durable))
 
     def batch(self, *updates: dict) -> list[PipeOp]:
         """The ops the worker makes of one ZMQ message holding `updates`."""
@@ -105,12 +119,15 @@ class Rig:
         assert len(ops) == len(updates), self.worker.take_counters()
         return ops
 
-    def send(self, *batches: list, sent_ns: int | None = None) -> None:
-        """Forward `batches` through the pipe as the worker does (one pipe message)."""
+    def send(self, *batches: list | Batch, sent_ns: int | None = None,
+             role: str = "ingest") -> None:
+        """Forward `batches` (lists of ops are pushed ones) through the pipe of `role` as
+        the worker does (one pipe message)."""
         self._seq += 1
         sent = time.monotonic_ns() if sent_ns is None else sent_ns
-        forward = Forward(self._seq, sent, list(batches), self.worker.take_counters())
-        assert self.writer.send(encode_forward(forward), 5.0)
+        wrapped = [b if isinstance(b, Batch) else Batch(b, Way.ZMQ, "zmq") for b in batches]
+        forward = Forward(self._seq, sent, wrapped, self.worker.take_counters())
+        assert self.pipes[role][1].send(encode(forward), 5.0)
 
     def drain(self, max_updates: int = UNBOUNDED, budget: float = FOREVER) -> bool:
         return self.ingest.drain(max_updates, budget)
@@ -127,13 +144,15 @@ class Rig:
         return self.server.relay.stats
 
 
-def make_rig(max_pvs: int = 1000) -> Iterator[Rig]:
-    reader_sock, writer_sock = socket_pair(1 << 20)
+def make_rig(max_pvs: int = 1000, roles: tuple[str, ...] = ("ingest",)) -> Iterator[Rig]:
+    ends = {role: socket_pair(1 << 20) for role in roles}
     try:
-        yield Rig(RecordingServer(max_pvs), PipeReader(reader_sock), PipeWriter(writer_sock))
+        yield Rig(RecordingServer(max_pvs), {role: (PipeReader(reader), PipeWriter(writer))
+                                             for role, (reader, writer) in ends.items()})
     finally:
-        reader_sock.close()
-        writer_sock.close()
+        for reader, writer in ends.values():
+            reader.close()
+            writer.close()
 
 
 @pytest.fixture
@@ -270,10 +289,13 @@ def test_internal_errors_are_logged_rate_limited(rig: Rig,
 @pytest.mark.parametrize("payload, detail", [
     pytest.param(b"\xc1 not msgpack", "undecodable pipe message", id="not-msgpack"),
     pytest.param(b"\x93\x01\x02\x03", "undecodable pipe message", id="three-items"),
-    pytest.param(b"\x94\x01\x02\x05\x80", "undecodable pipe message", id="batches-not-a-list"),
+    pytest.param(b"\x95\x01\x01\x02\x05\x80", "undecodable pipe message",
+                 id="batches-not-a-list"),
     pytest.param(b"", "undecodable pipe message", id="empty"),
-    pytest.param(b"\x94\x01\x02\x91\x05\x80", "applying a batch from the pipe",
+    pytest.param(b"\x95\x01\x01\x02\x91\x05\x80", "applying a batch from the pipe",
                  id="batch-not-a-list"),
+    pytest.param(encode(QueryResult(1, None, "")), "a QueryResult on an up pipe",
+                 id="a-down-message-up"),
 ])
 def test_an_undecodable_pipe_message_is_counted_internal(rig: Rig, payload: bytes,
                                                          detail: str) -> None:
@@ -383,3 +405,96 @@ def test_the_ca_server_and_the_recorder_are_ingest_servers() -> None:
     assert methods == {"report", "delete", "applied", "meta_changed"}
     assert methods <= set(dir(CAServer)) and methods <= set(dir(RecordingServer))
     assert "relay" in IngestServer.__annotations__ and "relay" in vars(RecordingServer(1))
+
+
+# --- verdicts, writers, ways in, channels, queries ---------------------------------------------
+
+
+def test_a_batch_that_asks_gets_one_verdict_per_op_in_order(small_rig: Rig) -> None:
+    rig = small_rig  # the relay holds at most 2 PVs
+    ops = rig.batch(update("a_f1", 1.0), update("b_f1", 2.0), update("c_f1", 3.0),
+                    update("nosuch_f1", op="delete"), update("a_f1", meta={"egu": "V"}),
+                    update("b_f1", op="delete"))
+    rig.send(Batch(ops, Way.ZMQ, "zmq 10.0.0.5", 77, True))
+    assert rig.drain()
+    refused = {reason: detail for reason, _, detail in rig.server.refusals}
+    assert rig.answers == [("ingest", 77, [
+        Verdict.accepted(f"{PREFIX}:a_f1"), Verdict.accepted(f"{PREFIX}:b_f1"),
+        Verdict(f"{PREFIX}:c_f1", Reason.PV_LIMIT, refused[Reason.PV_LIMIT]),
+        Verdict(f"{PREFIX}:nosuch_f1", Reason.NO_SUCH_PV, refused[Reason.NO_SUCH_PV]),
+        Verdict.accepted(f"{PREFIX}:a_f1"), Verdict.accepted(f"{PREFIX}:b_f1"),
+    ], True)]
+
+
+def test_pushed_batches_get_no_verdicts(rig: Rig) -> None:
+    rig.send(rig.batch(update("a_f1", 1.0)), Batch(rig.batch(update("b_f1", 1.0)), Way.ZMQ,
+                                                   "zmq", None, True))
+    assert rig.drain()
+    assert rig.answers == [] and rig.server.value("b_f1") == 1.0
+
+
+def test_an_op_that_triggers_a_bug_gets_an_internal_verdict(rig: Rig) -> None:
+    good = rig.batch(update("a_f1", 5.0))
+    rig.send(Batch([good[0], (7, f"{PREFIX}:a_f1", 1.0, 1, None)], Way.ZMQ, "zmq", 1))
+    assert rig.drain()
+    (_, _, verdicts, _), = rig.answers
+    assert [verdict.reason for verdict in verdicts] == [None, Reason.INTERNAL]
+
+
+def test_each_pv_keeps_its_last_writer_and_its_count_of_values(rig: Rig) -> None:
+    rig.send(Batch(rig.batch(update("w_f1", 1.0), update("w_f1", 2.0)), Way.ZMQ,
+                   "zmq 10.0.0.5"))
+    rig.send(Batch(rig.batch(update("w_f1", 3.0), update("w_f1", meta={"egu": "V"})),
+                   Way.HTTP, "http 127.0.0.1"))
+    rig.drain_all()
+    state = rig.server.relay.registry.pvs[f"{PREFIX}:w_f1"].state
+    assert (state.writer, state.updates) == ("http 127.0.0.1", 3)  # attributes are no value
+
+
+def test_accepted_and_refused_are_counted_by_way_in(small_rig: Rig) -> None:
+    rig = small_rig
+    rig.send(rig.batch(update("a_f1", 1.0), update("a_f1", op="delete")))
+    rig.send(Batch(rig.batch(update("b_f1", 1.0), update("c_f1", 1.0), update("d_f1", 1.0)),
+                   Way.HTTP, "http 127.0.0.1"))
+    rig.worker.handle(dumps(update("bad name", 1.0)), time.time_ns())  # the worker refuses
+    rig.send()
+    assert rig.drain()
+    stats = rig.stats
+    assert dict(stats.accepted_by_way) == {"zmq": 1, "http": 2}  # a delete is no update
+    assert dict(stats.refused_by_way) == {"http": 1, "zmq": 1}
+    assert stats.accepted == sum(stats.accepted_by_way.values())
+    assert stats.refused == sum(stats.refused_by_way.values())
+    assert stats.refused_by_way[Way.HTTP] == 1  # a Way finds its value's entry
+
+
+@pytest.fixture
+def two_rig() -> Iterator[Rig]:
+    yield from make_rig(roles=("ingest", "http"))
+
+
+def test_every_workers_pipe_is_read_in_turn_and_answered_on_its_own(two_rig: Rig) -> None:
+    rig = two_rig
+    for i in range(3):
+        rig.send(Batch(rig.batch(update(f"i{i}_f1", 1.0)), Way.ZMQ, "zmq", 100 + i))
+        rig.send(Batch(rig.batch(update(f"h{i}_f1", 1.0)), Way.HTTP, "http", 200 + i),
+                 role="http")
+    assert rig.drain()
+    assert [(role, request) for role, request, _, _ in rig.answers] == [
+        ("ingest", 100), ("http", 200), ("ingest", 101), ("http", 201), ("ingest", 102),
+        ("http", 202)]
+    assert len(rig.server.relay.registry.pvs) == 6
+
+
+def test_queries_are_answered_by_the_handler_of_their_kind(two_rig: Rig, records) -> None:
+    rig = two_rig
+    rig.ingest.queries["echo"] = lambda args: {"got": args}
+    rig.ingest.queries["boom"] = lambda args: 1 / 0
+    for request, kind in enumerate(("echo", "nosuch", "boom")):
+        assert rig.pipes["http"][1].send(encode(Query(request, kind, [1, "a"])), 5.0)
+    assert rig.drain()
+    assert rig.results == [
+        ("http", QueryResult(0, {"got": [1, "a"]}, "")),
+        ("http", QueryResult(1, None, "unknown query 'nosuch'")),
+        ("http", QueryResult(2, None, "internal error: ZeroDivisionError('division by zero')")),
+    ]
+    assert rig.stats.by_reason[Reason.INTERNAL] == 1

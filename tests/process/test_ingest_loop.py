@@ -13,6 +13,7 @@ from relayd.core.ops import Op
 from relayd.core.protocol import dumps, encode_update
 from tests.harness import wait_for
 from workers.ingest.loop import gather
+from relayd.core.intake import Intake
 from workers.ingest.validate import Ingest
 
 pytestmark = pytest.mark.timeout(60)
@@ -58,7 +59,7 @@ def records(log_records) -> list[logging.LogRecord]:
 def test_a_message_that_triggers_a_bug_is_dropped_counted_and_the_rest_handled(
         sockets, records: list[logging.LogRecord]) -> None:
     push, pull = sockets
-    ingest = BuggyIngest(Grammar("lp"))
+    ingest = BuggyIngest(Intake(Grammar("lp"), 100))
     push.send(dumps(encode_update("a_f1", 1.0)))
     push.send(BOOM)
     push.send(dumps(encode_update("b_f1", 2.0)))
@@ -73,7 +74,7 @@ def test_a_message_that_triggers_a_bug_is_dropped_counted_and_the_rest_handled(
         return len(batches) == 2 and refused.get("internal") == 1
 
     wait_for(handled, 10.0, interval=0.005, what="both good messages and the bad one")
-    assert [(op.op, op.name) for batch in batches for op in batch] == [
+    assert [(op.op, op.name) for batch in batches for op in batch[0]] == [
         (Op.PUT, "lp:a_f1"), (Op.PUT, "lp:b_f1")]
     assert refused == {"internal": 1}
     errors = [record for record in records if record.levelno == logging.ERROR]
@@ -85,7 +86,7 @@ def test_internal_errors_are_logged_rate_limited(sockets,
                                                  records: list[logging.LogRecord]) -> None:
     """A stream of messages that trigger a bug must not flood the log (each is counted)."""
     push, pull = sockets
-    ingest = BuggyIngest(Grammar("lp"))
+    ingest = BuggyIngest(Intake(Grammar("lp"), 100))
     for _ in range(50):
         push.send(BOOM)
     refused = 0

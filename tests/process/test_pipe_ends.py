@@ -1,4 +1,5 @@
-"""The internal pipe's two ends (relayd.supervise.pipe) over a real socket pair."""
+"""The internal pipes' ends (relayd.supervise.pipe) over real socket pairs: the worker's
+`PipeWriter`, the `PipeReader`, and the CA process's `Outbox` that never blocks."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import time
 
 import pytest
 
-from relayd.supervise.pipe import CHUNK, PipeReader, PipeWriter, backlog, packets, socket_pair
+from relayd.supervise.pipe import (
+    CHUNK, Outbox, PipeReader, PipeWriter, backlog, packets, socket_pair,
+)
 from tests.harness import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -166,3 +169,56 @@ def test_partial_message_after_timeout_is_dropped_by_the_reader(pipe) -> None:
     assert writer.send(b"next", 1.0)
     assert read_one(reader) == b"next"
     assert reader.dropped > 0
+
+
+# --- the outbox: the CA process's down end ---------------------------------------------------
+
+
+@pytest.fixture
+def down():
+    reader_sock, writer_sock = socket_pair(64 * 1024)
+    try:
+        yield PipeReader(reader_sock), writer_sock
+    finally:
+        reader_sock.close()
+        writer_sock.close()
+
+
+def test_the_outbox_never_blocks_and_delivers_whole_messages_in_order(down) -> None:
+    reader, writer_sock = down
+    outbox = Outbox(writer_sock, limit=10 * 1024 * 1024)
+    messages = [payload(size, tag) for tag, size in enumerate([10, 3 * CHUNK + 7, 0, 2 * CHUNK])
+                for _ in range(8)]
+    started = time.monotonic()
+    for message in messages:
+        assert outbox.put(message)
+    assert outbox.flush() is False  # far more than the pipe holds: it returns, unsent
+    assert time.monotonic() - started < 1.0
+    received = []
+    while len(received) < len(messages):
+        outbox.flush()  # as the CA loop does every cycle
+        message = reader.read()
+        if message is not None:
+            received.append(message)
+    assert received == messages
+    assert outbox.flush() is True and len(outbox) == 0 and outbox.dropped == 0
+    assert reader.dropped == 0
+
+
+def test_a_full_outbox_drops_whole_messages_and_counts_them(down) -> None:
+    reader, writer_sock = down
+    outbox = Outbox(writer_sock, limit=4 * CHUNK)
+    kept = [payload(CHUNK, 1), payload(2 * CHUNK, 2)]
+    for message in kept:
+        assert outbox.put(message)
+    assert not outbox.put(payload(2 * CHUNK, 3))  # no room for all of it: none of it
+    assert outbox.put(payload(10, 4))  # a smaller one still fits
+    assert outbox.dropped == 1
+    received = []
+    while len(received) < 3:
+        outbox.flush()
+        message = reader.read()
+        if message is not None:
+            received.append(message)
+    assert received == kept + [payload(10, 4)]
+    assert reader.dropped == 0  # no message was cut

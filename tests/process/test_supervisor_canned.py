@@ -70,6 +70,12 @@ class CannedChild:
     def arg(self, option: str) -> str:
         return self.command[self.command.index(option) + 1]
 
+    def channels(self) -> list[list]:
+        """Every ``--channel ROLE,FD,...`` given, as [role, fd, ...]."""
+        return [[role, *map(int, fds)] for i, word in enumerate(self.command)
+                if word == "--channel"
+                for role, *fds in [self.command[i + 1].split(",")]]
+
     def poll(self) -> int | None:
         return self.returncode
 
@@ -196,15 +202,16 @@ def test_spawns_every_role_in_order_with_its_fds(rig: Rig) -> None:
         assert int(child.arg("--parent-pid")) == os.getpid()
         assert Config.from_json(child.arg("--config-json")).heartbeat_timeout == HEARTBEAT
         assert int(child.arg("--lifeline-fd")) in child.pass_fds
-        assert int(child.arg("--pipe-fd")) in child.pass_fds
+        assert all(fd in child.pass_fds for channel in child.channels() for fd in channel[1:])
         assert rig.state(child.role) is State.STARTING
         assert rig.supervisor.children[child.role].pid == child.pid
-    # The CA server reads the pipe (and is handed the writer end for its backlog figure);
-    # the worker writes to it.
-    assert int(ca.arg("--pipe-fd")) == rig.supervisor.reader.fileno()
-    assert int(ca.arg("--pipe-writer-fd")) == rig.supervisor.writer.fileno()
-    assert int(ingest.arg("--pipe-fd")) == rig.supervisor.writer.fileno()
-    assert "--pipe-writer-fd" not in ingest.command
+    # The worker writes to its up pipe and reads its down pipe; the CA server has the
+    # other ends (and the up pipe's writer end, for its backlog figure).
+    pipes = rig.supervisor.pipes["ingest"]
+    assert ingest.channels() == [["ingest", pipes.up_writer.fileno(),
+                                  pipes.down_reader.fileno()]]
+    assert ca.channels() == [["ingest", pipes.up_reader.fileno(), pipes.down_writer.fileno(),
+                              pipes.up_writer.fileno()]]
 
 
 def test_ready_is_logged_and_the_ca_server_hears_the_restart_counts(rig: Rig) -> None:
@@ -459,7 +466,8 @@ def test_every_worker_stops_before_the_ca_server(rig: Rig, monkeypatch) -> None:
     rig.start()
     ca, ingest, http = rig.launcher.spawned
     assert [ca.role, ingest.role, http.role] == ["ca-server", "ingest", "http"]
-    assert int(http.arg("--pipe-fd")) == rig.supervisor.writer.fileno()
+    assert [channel[0] for channel in ca.channels()] == ["ingest", "http"]
+    assert [channel[0] for channel in http.channels()] == ["http"]
     rig.supervisor.stop()
     rig.turn()
     assert ingest.signals == http.signals == [signal.SIGTERM]
@@ -542,3 +550,45 @@ def test_run_is_start_turns_and_close(rig: Rig) -> None:
     assert [child.role for child in rig.launcher.spawned] == ["ca-server", "ingest"]
     assert rig.launcher.latest("ingest").signals == [signal.SIGTERM]
     assert {signum: signal.getsignal(signum) for signum in supervisor_module.SIGNALS} == before
+
+
+# --- the CA server's stop signal: it stops once the workers have -----------------------------
+
+
+def test_a_stop_signal_to_the_ca_server_alone_is_answered_stop_at_once(rig: Rig) -> None:
+    rig.start()
+    ca = rig.launcher.latest("ca-server")
+    ca.heard()
+    ca.say(stopping=True)  # a SIGTERM to the CA process only: it will be restarted
+    rig.turn()
+    assert ca.heard() == [{"stop": True}]
+
+
+def test_while_the_relay_stops_the_ca_server_is_told_once_every_worker_has_gone(
+        rig: Rig) -> None:
+    rig.launcher.on_signal["ingest"] = {}  # the worker takes its time to stop
+    rig.launcher.on_signal["ca-server"] = {}  # (and the CA server: to read what it heard)
+    rig.start()
+    ca, ingest = rig.launcher.latest("ca-server"), rig.launcher.latest("ingest")
+    ca.heard()
+    stop_by_signal(rig)
+    ca.say(stopping=True)  # supervisord's stopasgroup: the CA server got it too
+    rig.turn()
+    assert ca.heard() == [] and ca.signals == []  # the worker is still forwarding
+    ingest.exit(0)
+    rig.turn()
+    assert ca.heard() == [{"stop": True}] and ca.signals == [signal.SIGTERM]
+
+
+def test_a_group_signal_queued_in_the_same_turn_is_not_taken_for_a_lone_one(
+        rig: Rig) -> None:
+    """The group's SIGTERM is queued by the supervisor's handler before the CA server
+    can say it got one: the turn that reads ``stopping`` must not answer ``stop``."""
+    rig.start()
+    ca = rig.launcher.latest("ca-server")
+    ca.heard()
+    ca.say(stopping=True)
+    os.kill(os.getpid(), signal.SIGTERM)  # queued, handled after the lifelines are read
+    rig.turn()
+    assert {"stop": True} not in ca.heard()
+    assert rig.launcher.latest("ingest").signals == [signal.SIGTERM]

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from relayd.core.errors import Reason
 from relayd.core.names import Grammar, NameLimits
-from relayd.core.ops import Op, PipeOp
-from relayd.supervise.pipe import Forward, decode_forward, encode_forward
+from relayd.core.intake import Intake
+from relayd.core.ops import Batch, Op, PipeOp
+from relayd.supervise.messages import Forward, decode, encode
 from relayd.core.protocol import dumps, encode_update
 from relayd.core.stats import Stats
 from relayd.core.values import convert
@@ -25,8 +26,16 @@ ARRIVAL = 1_234_567_890_123_456_789
 TS = 1_700_000_000.123456
 
 
-def make() -> Ingest:
-    return Ingest(Grammar(PREFIX, NameLimits(max_name_length=40, max_elements=1000)))
+def make(cache_size: int = 1000) -> Ingest:
+    grammar = Grammar(PREFIX, NameLimits(max_name_length=40, max_elements=1000))
+    return Ingest(Intake(grammar, cache_size))
+
+
+def travel(ops: list[PipeOp], counters: dict | None = None) -> list:
+    """`ops` as the CA process gets them: one batch of one forward, through the pipe's
+    encoding."""
+    forward = Forward(1, 2, [Batch(ops, "zmq", "zmq")], counters or {})
+    return decode(encode(forward)).batches[0][0]
 
 
 def expected_value(name: str, raw: object) -> object:
@@ -104,8 +113,7 @@ def test_ops_travel_through_the_pipe() -> None:
              encode_update("e_i1", 9), encode_update("f_f1", op="delete")]
     ops = ingest.handle(dumps(batch), ARRIVAL)
     assert len(ops) == 6
-    back = decode_forward(encode_forward(Forward(1, 2, [ops], ingest.take_counters())))
-    for got, sent in zip(back.batches[0], ops):
+    for got, sent in zip(travel(ops, ingest.take_counters()), ops):
         assert all(same(g, s) or g == s for g, s in zip(got, sent)), (got, sent)
 
 
@@ -230,8 +238,7 @@ def test_meta_ops_travel_through_the_pipe() -> None:
              encode_update("a_f1", meta={"hhsv": "MINOR", "desc": "é"}),
              encode_update("a_f1", op="delete")]
     ops = ingest.handle(dumps(batch), ARRIVAL)
-    back = decode_forward(encode_forward(Forward(1, 2, [ops], {})))
-    assert [tuple(op) for op in back.batches[0]] == ops
+    assert [tuple(op) for op in travel(ops)] == ops
 
 
 # --- refusals --------------------------------------------------------------------------------
@@ -348,7 +355,7 @@ def test_anything_a_client_sends_is_handled_without_raising(obj: object) -> None
         assert len(ops) + refused == len(obj)
     else:
         assert len(ops) + refused == 1
-    encode_forward(Forward(1, 1, [ops], counters))  # every accepted op can travel
+    travel(ops, counters)  # every accepted op can travel
 
 
 @settings(max_examples=200, deadline=None)
@@ -356,7 +363,7 @@ def test_anything_a_client_sends_is_handled_without_raising(obj: object) -> None
 def test_random_bytes_are_handled_without_raising(message: bytes) -> None:
     ingest = make()
     ops = ingest.handle(message, ARRIVAL)
-    encode_forward(Forward(1, 1, [ops], ingest.take_counters()))
+    travel(ops, ingest.take_counters())
 
 
 # --- is_local ---------------------------------------------------------------------------------
@@ -438,8 +445,7 @@ def test_merge_what_the_worker_takes() -> None:
 
 def test_name_cache_changes_nothing() -> None:
     """Parsed names are cached; results are the same however full the cache is."""
-    ingest = Ingest(Grammar(PREFIX, NameLimits(max_name_length=40, max_elements=1000)),
-                    cache_size=2)
+    ingest = make(cache_size=2)
     names = ["a_f1", f"{PREFIX}:a_f1", "b_i1", "c_f1", "a_f1", "b_i1"]
     for _ in range(3):
         ops = ingest.handle(dumps([encode_update(n, 1) for n in names]), ARRIVAL)

@@ -1,4 +1,7 @@
-"""Who may push to the ingest socket: CurveZMQ keys, an IP allow-list, and the safe default.
+"""Who may push to the ingest sockets: CurveZMQ keys, an IP allow-list, the safe default.
+
+The same rules hold for both of the worker's sockets, PULL (``--zmq-bind``) and the
+acknowledged ROUTER (``--zmq-ack-bind``): `secure` sets up both, with one authenticator.
 
 * Without CURVE, messages travel in clear and anyone who reaches the socket may publish
   and delete. So by default the ingest binds loopback only, and binding any other
@@ -20,6 +23,7 @@ count and the last reason like any other refusal (``status:refused:authDenied``)
 from __future__ import annotations
 
 import logging
+from typing import Sequence
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
@@ -57,7 +61,7 @@ class Gatekeeper(ThreadAuthenticator):
         self.authorised: frozenset[bytes] = frozenset()
         self._address = "?"
         self._key = b""
-        self._monitor: zmq.Socket | None = None
+        self._monitors: list[zmq.Socket] = []
 
     # --- ZAP (the authenticator's thread) ---
 
@@ -90,15 +94,19 @@ class Gatekeeper(ThreadAuthenticator):
 
     def watch(self, sock: zmq.Socket) -> None:
         """Monitor `sock` for failed CURVE handshakes."""
-        self._monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                                                 | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        self._monitors.append(sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL))
 
     def poll_handshakes(self) -> None:
         """Count the failed handshakes reported since the last call."""
+        for monitor in self._monitors:
+            self._poll_monitor(monitor)
+
+    def _poll_monitor(self, monitor: zmq.Socket) -> None:
         for _ in range(MONITOR_EVENTS_PER_CALL):
-            if self._monitor is None or not self._monitor.poll(0):
+            if not monitor.poll(0):
                 return
-            event = recv_monitor_message(self._monitor)
+            event = recv_monitor_message(monitor)
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
                 # The client hung up first: it saw the mismatch before we did.
                 why = "the client left during the CURVE handshake (no keys, or not ZMQ?)"
@@ -110,21 +118,23 @@ class Gatekeeper(ThreadAuthenticator):
             self._failed_handshakes += 1
 
     def stop(self) -> None:
-        if self._monitor is not None:
-            self._monitor.close(linger=0)
-            self._monitor = None
+        for monitor in self._monitors:
+            monitor.close(linger=0)
+        self._monitors = []
         super().stop()
 
 
-def secure(config: Config, context: zmq.Context, sock: zmq.Socket) -> Gatekeeper | None:
-    """Set up CURVE and the allow-list on `sock` before it binds; None if neither is on.
+def secure(config: Config, context: zmq.Context, sockets: Sequence[zmq.Socket],
+           endpoints: Sequence[str]) -> Gatekeeper | None:
+    """Set up CURVE and the allow-list on `sockets` before they bind `endpoints`; None if
+    neither is on.
 
     `BootError` (one line) for unusable keys, and for a non-loopback bind without
     CURVE unless ``--insecure``.
     """
     curve = bool(config.curve_secret_key)
     if not curve:
-        exposed = [e for e in config.zmq_bind if not is_local(e)]
+        exposed = [e for e in endpoints if not is_local(e)]
         if exposed and not config.insecure:
             raise BootError(
                 f"ZMQ endpoint {exposed[0]} is beyond loopback and CURVE is off: anyone "
@@ -140,7 +150,8 @@ def secure(config: Config, context: zmq.Context, sock: zmq.Socket) -> Gatekeeper
     gate.start()
     if config.zmq_allow:
         gate.allow(*config.zmq_allow)
-    sock.zap_domain = ZAP_DOMAIN
+    for sock in sockets:
+        sock.zap_domain = ZAP_DOMAIN
     if curve:
         try:
             public, secret = load_secret_key(config.curve_secret_key)
@@ -158,9 +169,10 @@ def secure(config: Config, context: zmq.Context, sock: zmq.Socket) -> Gatekeeper
         if not gate.authorised:
             log.warning("no usable public keys (*.key) in %s: no client can publish", folder)
         gate.configure_curve_callback(domain=ZAP_DOMAIN.decode(), credentials_provider=gate)
-        sock.curve_server = True
-        sock.curve_publickey = public
-        sock.curve_secretkey = secret
-        gate.watch(sock)
+        for sock in sockets:
+            sock.curve_server = True
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
+            gate.watch(sock)
         log.info("CURVE on: %d authorised client key(s) in %s", len(gate.authorised), folder)
     return gate
