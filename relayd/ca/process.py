@@ -31,6 +31,7 @@ from pcaspy import cas
 from relayd.store.sqlite import Store
 from relayd.store.writer import Autosaver
 from relayd.ca.apply import PipeIngest
+from relayd.ca.feed import attach as attach_feed
 from relayd.ca.replies import Replies, outboxes
 from relayd.ca.server import CAServer
 from relayd.config import Config
@@ -126,6 +127,7 @@ class CALoop:
         readers = {role: PipeReader(channel.up) for role, channel in channels.items()}
         self.ingest = PipeIngest(server, readers, self.replies.verdicts, self.replies.send)
         self.wakeup = Wakeup([reader.fileno() for reader in readers.values()]).start()
+        self.feed = attach_feed(server, self.ingest, self.replies.outboxes)
         self.next_housekeeping = 0.0
         self.next_refresh = time.monotonic() + config.status_interval
         self.stop_asked: float | None = None  # when a stop signal came
@@ -141,6 +143,8 @@ class CALoop:
             deadline = self.server.stale_watch.next_deadline()
             self.ca_turn(IDLE if empty else 0.0, deadline)
             empty = self.ingest.drain(CYCLE_UPDATES, INGEST_BUDGET)
+            if self.feed is not None and self.feed.busy:
+                empty = False  # a sync is streaming: no idle wait
             now = time.monotonic()
             self.after_cycle(now, deadline)
             if now >= self.next_housekeeping and not self.housekeeping(now):
@@ -174,6 +178,8 @@ class CALoop:
             server.check_stale(now)
         if server.autosaver is not None:
             server.autosaver.tick(now)
+        if self.feed is not None:
+            self.feed.cycle(now)
         self.replies.cycle(now)
         server.end_cycle()
 

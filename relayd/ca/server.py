@@ -73,6 +73,9 @@ class CAServer(cas.caServer):
                 pv.setAccessSecurityGroup(ASG_STATUS)
         self.stale_watch = StaleWatch()
         self.autosaver: Autosaver | None = None  # set by the CA process when enabled
+        self.feed: Any = None  # the HTTP worker's change feed (`relayd.ca.feed`), if any
+        # The PVs changed since its last feed while it runs, else None (`relayd.ca.feed`).
+        self.changed: dict[Any, None] | None = None
         self._refusals = RateLimitedLog(log)
         # PVs dropped while the CA library may still be inside a call on them; they are
         # freed (and their clients disconnected) after the current processing cycle.
@@ -199,6 +202,8 @@ class CAServer(cas.caServer):
         pv.post(mask, stamp)
         if self.autosaver is not None:
             self.autosaver.touch(pv.state)
+        if self.changed is not None:
+            self.changed[pv] = None
         if pv.state.meta.tmo > 0:
             self.stale_watch.watch(pv.state, now)
 
@@ -228,6 +233,8 @@ class CAServer(cas.caServer):
         pv.post_property()
         if self.autosaver is not None:
             self.autosaver.touch(pv.state)
+        if self.changed is not None:
+            self.changed[pv] = None
         if alarm_changed:
             pv.post(cas.DBE_ALARM | DBE_VALUE_LOG)
         elif pv.fields:
@@ -242,6 +249,8 @@ class CAServer(cas.caServer):
             pv = self.relay.registry.get(state.spec.name)
             if pv is not None and pv.state is state:
                 pv.post(cas.DBE_ALARM | DBE_VALUE_LOG)
+                if self.changed is not None:
+                    self.changed[pv] = None
 
     # --- the relay's own work ------------------------------------------------------
 
@@ -251,6 +260,8 @@ class CAServer(cas.caServer):
         self.stale_watch.forget(pv.state)
         if self.autosaver is not None:
             self.autosaver.forget(pv.state.spec.name)
+        if self.feed is not None:
+            self.feed.forget(pv)
         self._graveyard.append(pv)
         if pv.fields:
             self._graveyard.extend(pv.fields.values())
