@@ -193,8 +193,21 @@ async def status(request: Request) -> JSONResponse:
     return JSONResponse(status_json(service))
 
 
-def status_json(service: Service) -> dict[str, Any]:
-    """The relay's state for people and tools: processes, counters, autosave, endpoints."""
+def status_json(service: Service, max_age: float = 0.0) -> dict[str, Any]:
+    """The relay's state for people and tools: processes, counters, autosave, endpoints.
+
+    Made again when older than `max_age` seconds (the live streams share one, so that
+    many open pages do not each scan /proc for the processes every second).
+    """
+    made, answer = service.status_made
+    if answer is not None and time.monotonic() - made < max_age:
+        return answer
+    answer = _status(service)
+    service.status_made = (time.monotonic(), answer)
+    return answer
+
+
+def _status(service: Service) -> dict[str, Any]:
     config = service.config
     counters = {suffix.removeprefix("status:"): value
                 for suffix, value in service.mirror.status.items()}
@@ -206,6 +219,7 @@ def status_json(service: Service) -> dict[str, Any]:
                   for role, pid in relayd_processes(os.getppid())]
     return {
         "prefix": config.prefix,
+        "time": round(time.time(), 3),  # the relay host's clock, for ages shown elsewhere
         "synced": service.mirror.synced,
         "uptime": counters.get("uptime", 0.0),
         "processes": processes,

@@ -74,26 +74,23 @@ async def stream(service: Service, render: Callable[[float], tuple[str, Any]],
                  request: Request, stopping: asyncio.Event) -> AsyncIterator[str]:
     """Events for one client until it goes away or the worker stops."""
     sent_version = -1
-    last_text = last_status = ""
+    last: dict[str, str] = {}  # the last text sent of the view and of the status
     next_status = next_keepalive = 0.0
     yield "retry: 2000\n\n"
     while not stopping.is_set():
         now = time.monotonic()
-        mirror = service.mirror
-        if mirror.version != sent_version:
-            sent_version = mirror.version
-            text = event(*render(now))
-            if text != last_text:
-                last_text = text
-                yield text
-                next_keepalive = now + KEEPALIVE
+        due = []
+        if service.mirror.version != sent_version:
+            sent_version = service.mirror.version
+            due.append(("view", event(*render(now))))
         if now >= next_status:
             next_status = now + STATUS_PERIOD
-            text = event("status", status_json(service))
-            if text != last_status:
-                last_status = text
-                yield text
+            due.append(("status", event("status", status_json(service, STATUS_PERIOD / 2))))
+        for key, text in due:
+            if last.get(key) != text:
+                last[key] = text
                 next_keepalive = now + KEEPALIVE
+                yield text
         if now >= next_keepalive:
             next_keepalive = now + KEEPALIVE
             yield ": keepalive\n\n"

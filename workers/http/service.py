@@ -56,7 +56,7 @@ class Service:
     link: Link
     grammar: Grammar = field(init=False)
     intake: Intake = field(init=False)
-    started: float = field(default_factory=time.time)
+    status_made: tuple[float, Any] = (0.0, None)  # the last /api/v1/status answer, and when
     _refused: Counter = field(default_factory=Counter)
     _last_refusal: str = ""
     _log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log))
