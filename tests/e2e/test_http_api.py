@@ -173,6 +173,15 @@ def test_a_port_in_use_is_a_boot_failure(start_relay) -> None:
     assert f"cannot listen on HTTP 127.0.0.1:{port}: Address already in use" in relay.log_text()
 
 
+def test_every_http_bind_answers(start_relay) -> None:
+    ports = [free_port((socket.SOCK_STREAM,)) for _ in range(2)]
+    relay = start_relay(*[arg for port in ports for arg in ("--http-bind", f"127.0.0.1:{port}")])
+    for port in ports:
+        answer = request("GET", f"http://127.0.0.1:{port}/api/v1/status")
+        assert answer.status == 200 and answer.json["prefix"] == relay.prefix
+    assert relay.wait_log(f"http://127.0.0.1:{ports[1]}")
+
+
 def test_without_http_there_is_no_worker(start_relay) -> None:
     relay = start_relay("--no-http")
     assert set(relay.child_pids()) == {"ca-server", "ingest"}
