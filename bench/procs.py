@@ -373,6 +373,11 @@ class Relay(Server):
     started: float = 0.0  # time.monotonic() just before the process was started
     ready_s: float = 0.0  # seconds from start until both children were ready
     autosave_path: Path | None = None  # its autosave file (relayd's default place)
+    http_port: int = 0  # its HTTP worker's port (0: run with --no-http)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     @classmethod
     def start(cls, procs: Procs, epics: Epics, prefix: str, args: Sequence[str] = (),
@@ -392,22 +397,26 @@ class Relay(Server):
         ack = f"tcp://{address}:{free_port((socket.SOCK_STREAM,))}"  # never the default port
         command = [PYTHON, "-m", "relayd", "--prefix", prefix, "--zmq-bind", endpoint,
                    "--zmq-ack-bind", ack, *args]
+        http_port = 0 if "--no-http" in args else free_port((socket.SOCK_STREAM,))
+        if http_port:  # the HTTP worker runs, on a port of its own
+            command += ["--http-bind", f"127.0.0.1:{http_port}"]
         state_home = procs.workdir / "state"
         environ = epics.server_env(port, XDG_STATE_HOME=str(state_home), **(env or {}))
         started = time.monotonic()
         proc = procs.start(f"relayd-{prefix}", command, environ)
         relay = cls("relayd", prefix, port, proc, endpoint, list(args), started=started,
                     autosave_path=state_home / "relayd" / f"{prefix}.sqlite",
-                    ack_endpoint=ack)
+                    ack_endpoint=ack, http_port=http_port)
         relay.wait_ready(ready_timeout)
         return relay
 
     def wait_ready(self, timeout: float) -> None:
-        """Wait for both children's "ready" lines in relayd's log (its stderr)."""
+        """Wait for every child's "ready" line in relayd's log (its stderr)."""
         deadline = time.monotonic() + timeout
         while True:
             text = self.proc.log_path.read_text(errors="replace")
-            if "ca-server ready" in text and "ingest ready" in text:
+            if ("ca-server ready" in text and "ingest ready" in text
+                    and (not self.http_port or "http ready" in text)):
                 self.ready_s = time.monotonic() - self.started
                 return
             if not self.proc.alive():

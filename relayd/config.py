@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import json
 import sys
 from dataclasses import dataclass, fields
@@ -25,6 +26,24 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8080`` for IPv6) as (host, port); ValueError if it is not one."""
+    host, colon, port = str(text).rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"http_bind {text!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
+    return host, int(port)
+
+
+def network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An address or network (``10.0.0.0/8``, ``192.168.1.7``); ValueError naming it if not."""
+    try:
+        return ipaddress.ip_network(str(text), strict=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address or network (e.g. 10.0.0.0/8)") from None
 
 
 def _check_type(name: str, value: Any, kind: type) -> None:
@@ -67,6 +86,14 @@ class Config:
     access_security: str = ""
     no_pva: bool = False
     strict_port: bool = False
+    http_bind: tuple = ("127.0.0.1:8080",)
+    no_http: bool = False
+    http_token_file: str = ""
+    http_read_from: tuple = ()
+    http_write_from: tuple = ()
+    http_cert: str = ""
+    http_key: str = ""
+    http_max_body: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -101,6 +128,32 @@ class Config:
             raise ValueError("status_interval must be > 0")
         if self.log_level.upper() not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+        self._check_http()
+
+    def _check_http(self) -> None:
+        """The HTTP worker's options: addresses, networks, TLS files in pairs."""
+        for name in ("http_bind", "http_read_from", "http_write_from"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not self.http_bind:
+            raise ValueError("http_bind needs at least one HOST:PORT (or use no_http)")
+        for text in self.http_bind:
+            split_host_port(text)
+        for text in self.http_read_from + self.http_write_from:
+            network(text)
+        if bool(self.http_cert) != bool(self.http_key):
+            raise ValueError("TLS needs both http_cert and http_key")
+        if self.http_max_body < 1:
+            raise ValueError("http_max_body must be >= 1")
+
+    @property
+    def http_url(self) -> str:
+        """Where the HTTP API of a relay with this config answers, seen from its own host."""
+        host, port = split_host_port(self.http_bind[0])
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1" if host != "::" else "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{'https' if self.http_cert else 'http'}://{host}:{port}"
 
     @property
     def autosave_path(self) -> str | None:
@@ -168,13 +221,27 @@ HELP = {
     "no_pva": "do not serve the PVs over pvAccess (PVA, EPICS 7); see docs/PVA.md",
     "strict_port": "exit (code 3) instead of serving on a dynamic TCP port when the CA "
                    "server port is taken by another program (default: serve, with a warning)",
+    "http_bind": "HOST:PORT the HTTP worker (web page, JSON API, /metrics) listens on; "
+                 "repeat for several",
+    "no_http": "do not run the HTTP worker",
+    "http_token_file": "file holding the bearer token every HTTP write must carry "
+                       "(then loopback writes need it too); see HTTP.md",
+    "http_read_from": "network (10.0.0.0/8) or address allowed to read the HTTP API, page "
+                      "and metrics; repeat for several (default: loopback only)",
+    "http_write_from": "network or address allowed to write over HTTP without a token; "
+                       "repeat for several (default: loopback only)",
+    "http_cert": "TLS certificate file (PEM) for the HTTP worker, with --http-key",
+    "http_key": "TLS private key file (PEM) for the HTTP worker, with --http-cert",
+    "http_max_body": "largest HTTP request body accepted, in bytes",
 }
 
 
 METAVARS = {
     "zmq_bind": "ENDPOINT", "zmq_ack_bind": "ENDPOINT", "zmq_allow": "ADDRESS", "autosave": "FILE",
     "curve_secret_key": "FILE", "curve_authorized_keys": "DIR", "access_security": "FILE",
-    "prefix": "PREFIX",
+    "prefix": "PREFIX", "http_bind": "HOST:PORT", "http_token_file": "FILE",
+    "http_read_from": "NETWORK", "http_write_from": "NETWORK", "http_cert": "FILE",
+    "http_key": "FILE",
 }
 
 
@@ -229,8 +296,10 @@ def from_args(args: argparse.Namespace) -> Config:
     return Config(**values)
 
 
-def parse(argv: Sequence[str]) -> Config:
-    parser = argparse.ArgumentParser(prog="relayd")
+def parse(argv: Sequence[str], epilog: str | None = None) -> Config:
+    parser = argparse.ArgumentParser(
+        prog="relayd", usage="relayd [COMMAND] [OPTIONS]", description=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     return from_args(parser.parse_args(argv))
 

@@ -117,6 +117,7 @@ class RelayProcess:
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     zmq_port: int = field(default_factory=lambda: free_port((socket.SOCK_STREAM,)))
+    http_port: int = field(default_factory=lambda: free_port((socket.SOCK_STREAM,)))
     ack_port: int = field(default_factory=lambda: free_port((socket.SOCK_STREAM,)))
     log_offset: int = 0  # where the log of the latest start begins
     own_autosave: bool = True  # False: relayd's default autosave path, as in production
@@ -129,6 +130,16 @@ class RelayProcess:
     def endpoint(self) -> str:
         """The ZMQ endpoint the relay's ingest worker binds."""
         return f"tcp://127.0.0.1:{self.zmq_port}"
+
+    @property
+    def url(self) -> str:
+        """The HTTP worker's address (the web page, the API, /metrics)."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def http(self) -> bool:
+        """Whether this relay runs its HTTP worker."""
+        return "--no-http" not in self.args
 
     @property
     def ack_endpoint(self) -> str:
@@ -146,6 +157,8 @@ class RelayProcess:
 
     def command(self) -> list[str]:
         zmq = [] if "--zmq-bind" in self.args else ["--zmq-bind", self.endpoint]
+        if self.http and "--http-bind" not in self.args:
+            zmq += ["--http-bind", f"127.0.0.1:{self.http_port}"]
         # Never the default ack port: relays of parallel sessions would share it.
         if not {"--zmq-ack-bind", "--no-zmq-ack"} & set(self.args):
             zmq += ["--zmq-ack-bind", self.ack_endpoint]
@@ -205,7 +218,8 @@ class RelayProcess:
                     f"relayd exited with {self.process.returncode}:\n{self.log_text()}"
                 )
             text = self.log_since_start()
-            return "ca-server ready" in text and "ingest ready" in text
+            return ("ca-server ready" in text and "ingest ready" in text
+                    and (not self.http or "http ready" in text))
 
         deadline = time.monotonic() + timeout
         while not ready():
@@ -220,7 +234,7 @@ class RelayProcess:
         return self.process.pid
 
     def child_pids(self) -> dict[str, int]:
-        """{"ca-server": pid, "ingest": pid} of the children running now."""
+        """{"ca-server": pid, "ingest": pid, "http": pid} of the children running now."""
         children = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -233,7 +247,7 @@ class RelayProcess:
             ppid = int(stat.rsplit(")", 1)[1].split()[1])
             if ppid != self.pid:
                 continue
-            for role in ("ca-server", "ingest"):
+            for role in ("ca-server", "ingest", "http"):
                 if f"relayd: {role}".encode() in cmdline:
                     children[role] = int(entry.name)
         return children
@@ -263,7 +277,8 @@ class RelayProcess:
         clean stop in between. `children` are `child_pids()`, if already known."""
         assert self.process is not None
         children = children or self.child_pids()
-        for pid in (children.get("ca-server"), self.pid, children.get("ingest")):
+        for pid in (children.get("ca-server"), self.pid, children.get("ingest"),
+                    children.get("http")):
             if pid is not None:
                 try:
                     os.kill(pid, signal.SIGKILL)

@@ -19,6 +19,7 @@ from bench.scenarios.ca_puts import ca_puts
 from bench.scenarios.caget_under_load import caget_under_load
 from bench.scenarios.conflation import conflation
 from bench.scenarios.fleet import fleet
+from bench.scenarios.http_overhead import http_overhead
 from bench.scenarios.latency import latency
 from bench.scenarios.pva import pva_arrays, pva_ca_cost, pva_scalars
 from bench.scenarios.scale import scale
@@ -53,6 +54,8 @@ SCENARIOS = (
     Scenario("pva_arrays", pva_arrays, summary="10 x 10,000 float64 via ZMQ -> PVA monitor vs bare p4p, MB/s"),
     Scenario("pva_ca_cost", pva_ca_cost, summary="CA updates/s with PVA served vs --no-pva"),
     Scenario("acks", acks, summary="acknowledged updates/s (1 and 64 in flight) vs fire-and-forget"),
+    Scenario("http_overhead", http_overhead,
+             summary="100 PVs pushed with the web page open on them vs --no-http"),
 )
 
 BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}

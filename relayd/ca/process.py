@@ -33,6 +33,7 @@ from relayd.store.writer import Autosaver
 from relayd.ca.access import PutAccess
 from relayd.ca import ports
 from relayd.ca.apply import PipeIngest
+from relayd.ca.feed import attach as attach_feed
 from relayd.ca.replies import Replies, outboxes
 from relayd.ca.server import CAServer
 from relayd.config import Config
@@ -117,6 +118,7 @@ class CALoop:
         self.wakeup = Wakeup([reader.fileno() for reader in readers.values()]
                              + pva_fds).start()
         server.relay.stats.pva = self.pva.status if self.pva is not None else None
+        self.feed = attach_feed(server, self.ingest, self.replies.outboxes)
         self.next_housekeeping = 0.0
         self.next_refresh = time.monotonic() + config.status_interval
         self.stop_asked: float | None = None  # when a stop signal came
@@ -138,6 +140,8 @@ class CALoop:
             empty = self.ingest.drain(CYCLE_UPDATES, INGEST_BUDGET)
             if self.pva is not None:
                 empty = self.pva.drain(PVA_REQUESTS, INGEST_BUDGET) and empty
+            if self.feed is not None and self.feed.busy:
+                empty = False  # a sync is streaming: no idle wait
             now = time.monotonic()
             self.after_cycle(now, deadline)
             if now >= self.next_housekeeping and not self.housekeeping(now):
@@ -176,6 +180,8 @@ class CALoop:
             server.check_stale(now)
         if server.autosaver is not None:
             server.autosaver.tick(now)
+        if self.feed is not None:
+            self.feed.cycle(now)
         self.replies.cycle(now)
         server.end_cycle()
 

@@ -91,6 +91,9 @@ class CAServer(cas.caServer):
         self.stale_watch = StaleWatch()
         self.autosaver: Autosaver | None = None  # set by the CA process when enabled
         self.pva: Any = None  # the pvAccess bridge (relayd.pva), set by the CA process
+        self.feed: Any = None  # the HTTP worker's change feed (`relayd.ca.feed`), if any
+        # The PVs changed since its last feed while it runs, else None (`relayd.ca.feed`).
+        self.changed: dict[Any, None] | None = None
         self._refusals = RateLimitedLog(log)
         # Deletes are logged like refusals: a script deleting 100,000 PVs must not write
         # 100,000 lines (status:deleted counts them all).
@@ -237,6 +240,8 @@ class CAServer(cas.caServer):
         pv.post(mask, stamp)
         if self.autosaver is not None:
             self.autosaver.touch(pv.state)
+        if self.changed is not None:
+            self.changed[pv] = None
         if pv.state.meta.tmo > 0:
             self.stale_watch.watch(pv.state, now)
 
@@ -276,6 +281,8 @@ class CAServer(cas.caServer):
             self.pva.update(pv, DBE_ALL | DBE_PROPERTY)
         if self.autosaver is not None:
             self.autosaver.touch(pv.state)
+        if self.changed is not None:
+            self.changed[pv] = None
         if alarm_changed:
             pv.post(cas.DBE_ALARM | DBE_VALUE_LOG)
         elif pv.fields:
@@ -292,6 +299,8 @@ class CAServer(cas.caServer):
                 pv.post(cas.DBE_ALARM | DBE_VALUE_LOG)
                 if pv.pva is not None:
                     self.pva.update(pv, cas.DBE_ALARM)
+                if self.changed is not None:
+                    self.changed[pv] = None
 
     # --- the relay's own work ------------------------------------------------------
 
@@ -301,6 +310,8 @@ class CAServer(cas.caServer):
         self.stale_watch.forget(pv.state)
         if self.autosaver is not None:
             self.autosaver.forget(pv.state.spec.name)
+        if self.feed is not None:
+            self.feed.forget(pv)
         self._graveyard.append(pv)
         if pv.pva is not None:
             self.pva.deleted(pv)

@@ -183,6 +183,15 @@ class _BadUpdate(Exception):
     """An update that is refused on its own; `decode` prefixes its number."""
 
 
+def check_update(item: object, index: int = 0) -> Update:
+    """One update map already decoded by another way in (JSON over HTTP), checked exactly
+    as `decode` checks each update of a message; `Refused` (MALFORMED) if it is bad."""
+    try:
+        return _update(item, index)
+    except _BadUpdate as error:
+        raise _malformed(str(error)) from None
+
+
 def _update(item: object, index: int) -> Update:
     # The common case first: just a name and a plain value (no packed array).
     if type(item) is dict and len(item) == 2:

@@ -55,9 +55,13 @@ class Lifeline:
             return False
 
     def receive(self) -> list[dict[str, Any]]:
-        """Every packet waiting; sets `closed` when the other end has gone."""
+        """Every packet waiting; sets `closed` when the other end has gone.
+
+        Reads on after a failed `send`: a child that died leaves its last words (a boot
+        failure's reason) queued, and a send to it fails before they are read.
+        """
         messages = []
-        while not self.closed:
+        while True:
             try:
                 packet = self.sock.recv(MAX_PACKET)
             except (BlockingIOError, InterruptedError):

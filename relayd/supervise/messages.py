@@ -11,6 +11,7 @@ Up:
 Down:
   `Verdicts`  one verdict per op of a batch that asked for them (`Batch.reply`)
   `QueryResult`
+  `Feed`      the HTTP worker's change feed (`relayd.core.feed`, `relayd.ca.feed`)
 
 A new kind of message is a NamedTuple with a new tag in `KINDS`; a tag nobody knows is
 refused by `decode` (ValueError), so old and new processes fail loudly, not silently.
@@ -78,10 +79,20 @@ class QueryResult(NamedTuple):
     error: str
 
 
-Message = Union[Forward, Query, Verdicts, QueryResult]
+class Feed(NamedTuple):
+    """Down: one message of the change feed; `chunk` is a `relayd.core.feed.FeedChunk`.
+
+    `seq` counts the feed's messages, so that the worker notices one that went missing.
+    """
+
+    seq: int
+    chunk: Any
+
+
+Message = Union[Forward, Query, Verdicts, QueryResult, Feed]
 
 # The tag of each kind of message. Tags travel, so never reuse one.
-KINDS: dict[int, type] = {1: Forward, 2: Query, 3: Verdicts, 4: QueryResult}
+KINDS: dict[int, type] = {1: Forward, 2: Query, 3: Verdicts, 4: QueryResult, 5: Feed}
 _TAGS = {kind: tag for tag, kind in KINDS.items()}
 
 

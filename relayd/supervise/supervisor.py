@@ -1,9 +1,9 @@
 """The supervisor: relayd's parent process, which runs and watches its children.
 
 It creates the internal pipes (two per worker: up to the CA server, down from it), starts
-the CA server process and the workers (``python -m
-MODULE``, each role's module in `ROLES`), restarts a child that dies, and stops them all
-cleanly: every worker first, the CA server (which drains the pipe) last.
+the CA server process and the workers (``python -m MODULE``, each role's module in
+`ROLES`, but those an option turns off, as ``--no-http`` does), restarts a child
+that dies, and stops them all cleanly: every worker first, the CA server last.
 Modelled on gunicorn's arbiter: signal handlers only enqueue the signal; one loop waits
 for signals, child messages (lifelines) and timers, and handles each in turn. `run` is
 that loop over `start`, `turn` and `close`; a test drives the same turns one at a time,
@@ -72,7 +72,8 @@ log = logging.getLogger("relayd.supervisor")
 
 # Each role and the module that runs it (``python -m MODULE``), in start order. Named,
 # not imported: the supervisor never loads a child's code. This is the one list of roles.
-ROLES = {"ca-server": "relayd.ca", "ingest": "workers.ingest"}
+ROLES = {"ca-server": "relayd.ca", "ingest": "workers.ingest", "http": "workers.http"}
+OPTIONAL = {"http": "no_http"}  # roles an option (a `Config` field) turns off
 # The role that serves CA and reads the internal pipes; every other role is a worker,
 # with an up pipe it writes to and a down pipe it reads the CA server's answers from.
 # Workers stop first, so that the CA server can drain their pipes.
@@ -84,14 +85,9 @@ TICK = 0.5  # seconds a turn waits for a signal or a message
 PAUSE = 4 * TICK
 
 
-def workers() -> list[str]:
-    """Every role but the CA server, in start order."""
-    return [role for role in ROLES if role != CA_SERVER]
-
-
-def stop_order() -> list[str]:
-    """Every worker, then the CA server."""
-    return workers() + [CA_SERVER]
+def workers(running: dict[str, str] = ROLES) -> list[str]:
+    """Every role of `running` but the CA server, in start order (and stop order)."""
+    return [role for role in running if role != CA_SERVER]
 
 
 @dataclass
@@ -113,6 +109,7 @@ class Supervisor:
     children: dict[str, Child] = field(default_factory=dict)
     running: dict[str, Running] = field(default_factory=dict)
     pipes: dict[str, WorkerPipes] = field(default_factory=dict)  # by worker role
+    roles: dict[str, str] = field(default_factory=dict)  # the roles run (set by `start`)
     exit_code: int = 0
     _signals: list[int] = field(default_factory=list)
     _stop_deadline: float | None = None
@@ -135,8 +132,11 @@ class Supervisor:
 
     def start(self) -> None:
         """Set up the pipes, the selector and the signal handlers; spawn every role."""
-        self.children = {role: Child(role) for role in ROLES}
-        self.pipes = {role: WorkerPipes.make(self.config.pipe_buffer) for role in workers()}
+        self.roles = {role: module for role, module in ROLES.items()  # but those turned off
+                      if not (role in OPTIONAL and getattr(self.config, OPTIONAL[role]))}
+        self.children = {role: Child(role) for role in self.roles}
+        self.pipes = {role: WorkerPipes.make(self.config.pipe_buffer) for role in self.roles
+                      if role != CA_SERVER}
         self.selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
@@ -146,7 +146,7 @@ class Supervisor:
         self._old_handlers = {signum: signal.signal(signum, self._enqueue)
                               for signum in SIGNALS}
         self._last_turn = self.clock()
-        for role in ROLES:
+        for role in self.roles:
             self._act(role, self.children[role].start())
 
     def turn(self, timeout: float) -> None:
@@ -253,7 +253,7 @@ class Supervisor:
             "--lifeline-fd", str(child_end.fileno()),
         ]
         fds = [child_end.fileno()]
-        for worker in workers() if role == CA_SERVER else [role]:
+        for worker in workers(self.roles) if role == CA_SERVER else [role]:
             pipes = self.pipes[worker]
             ends = pipes.ca_ends() if role == CA_SERVER else pipes.worker_ends()
             command += ["--channel", Channel.argument(worker, *ends)]
@@ -352,7 +352,7 @@ class Supervisor:
     def _terminate_in_order(self) -> None:
         """SIGTERM to every worker at once; to the CA server once every worker is gone,
         with a lifeline message saying so (it may have had a SIGTERM of its own)."""
-        workers_left = any(role in self.running for role in workers())
+        workers_left = any(role in self.running for role in workers(self.roles))
         for role in list(self._terminate):
             if role != CA_SERVER or not workers_left:
                 self._terminate.remove(role)
@@ -382,7 +382,7 @@ class Supervisor:
         if self._stop_deadline is not None:
             return
         self._stop_deadline = self.clock() + self.config.stop_grace
-        for role in stop_order():
+        for role in workers(self.roles) + [CA_SERVER]:
             self._act(role, self.children[role].stop())
 
 

@@ -722,7 +722,7 @@ def test_supervisor_killed_takes_its_children_with_it(session_dir):
     try:
         relay.start()
         children = relay.child_pids()
-        assert set(children) == {"ca-server", "ingest"}
+        assert set(children) == {"ca-server", "ingest", "http"}
         os.kill(relay.pid, signal.SIGKILL)
         assert relay.process.wait(10) == -signal.SIGKILL
         wait_for(lambda: not any(is_running(pid, f"relayd: {role}")
@@ -736,6 +736,10 @@ def test_supervisor_killed_takes_its_children_with_it(session_dir):
         finally:
             sock.close(0)
             context.term()
+        # Nor the HTTP port.
+        with socket.socket() as http:
+            http.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            http.bind(("127.0.0.1", relay.http_port))
     finally:
         if relay.process is not None and relay.process.poll() is None:
             relay.process.kill()
@@ -763,7 +767,7 @@ def test_processes_are_titled_in_ps(start_relay):
     pids = [relay.pid, *children_of(relay.pid)]
     titles = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").decode()
               for pid in pids}
-    assert sorted(titles.values()) == ["relayd: ca-server", "relayd: ingest",
+    assert sorted(titles.values()) == ["relayd: ca-server", "relayd: http", "relayd: ingest",
                                        "relayd: supervisor"], titles
     assert titles[relay.pid] == "relayd: supervisor"
     if shutil.which("ps"):  # ps may be missing from a minimal image

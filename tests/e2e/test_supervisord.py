@@ -31,7 +31,7 @@ from tests.conftest import PORTS
 from tests.harness import free_port, unique_prefix, wait_for
 
 SAMPLE = Path(__file__).resolve().parents[2] / "etc" / "supervisord.conf"
-ROLES = ("supervisor", "ca-server", "ingest")
+ROLES = ("supervisor", "ca-server", "ingest", "http")
 
 
 def sample() -> configparser.RawConfigParser:
@@ -107,7 +107,8 @@ class Supervisord:
         return pid
 
     def processes(self) -> dict[str, int]:
-        """{"supervisor": pid, "ca-server": pid, "ingest": pid} of relayd now running."""
+        """{"supervisor": pid, "ca-server": pid, "ingest": pid, "http": pid} of relayd now
+        running."""
         found = {}
         for pid in members(self.relayd_pid(), GROUP):
             role = relayd_role(pid)
@@ -130,8 +131,8 @@ class Supervisord:
                 raise AssertionError(f"supervisord exited:\n{self.log_text()}")
             found = self.processes()
             text = self.relayd_log.read_text() if self.relayd_log.exists() else ""
-            return found if (len(found) == 3 and "ca-server ready" in text
-                             and "ingest ready" in text) else None
+            return found if (len(found) == len(ROLES) and "ca-server ready" in text
+                             and "ingest ready" in text and "http ready" in text) else None
 
         return wait_for(ready, timeout=30, what="relayd ready under supervisord")
 
@@ -190,8 +191,9 @@ def write_config(workdir: Path, socket_dir: Path, prefix: str, endpoint: str,
     conf["supervisord"]["childlogdir"] = str(workdir)
     program = conf["program:relayd"]
     ack = f"tcp://127.0.0.1:{free_port((socket.SOCK_STREAM,))}"  # not the default port
+    http = f"127.0.0.1:{free_port((socket.SOCK_STREAM,))}"  # nor the default HTTP port
     program["command"] = (f"{sys.executable} -m relayd --prefix {prefix} --zmq-bind {endpoint} "
-                          f"--zmq-ack-bind {ack} "
+                          f"--zmq-ack-bind {ack} --http-bind {http} "
                           f"--autosave {workdir / 'autosave.sqlite'}")  # not ~/.local/state
     program["stdout_logfile"] = str(workdir / "relayd.log")
     env = {k: v for k, v in os.environ.items()

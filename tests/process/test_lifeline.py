@@ -113,6 +113,18 @@ def test_send_to_closed_end_sets_closed(ends) -> None:
     assert child.closed
 
 
+def test_last_words_are_read_after_a_send_to_a_dead_child_failed(ends) -> None:
+    """A child that cannot boot says why and exits; if the supervisor sends to it first
+    (the restart counts, when another child became ready in the same turn), the send
+    fails, and the reason must still be read, not lost as "could not boot"."""
+    parent, child = ends
+    child.send(fatal="autosave file x is in use by another relay (pid 7)")
+    child.close()
+    assert parent.send(restarts={"ca-server": 0}) is False
+    assert parent.closed
+    assert parent.receive() == [{"fatal": "autosave file x is in use by another relay (pid 7)"}]
+
+
 def test_full_channel_makes_send_return_false(ends) -> None:
     parent, child = ends
     result: dict[str, int] = {}

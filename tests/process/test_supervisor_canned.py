@@ -133,7 +133,7 @@ class Rig:
     def start(self, ready: bool = True) -> "Rig":
         self.supervisor.start()
         if ready:
-            for role in ROLES:
+            for role in self.supervisor.roles:
                 self.launcher.latest(role).say(ready=True)
             self.turn()
         return self
@@ -167,7 +167,8 @@ def make_rig(caplog: pytest.LogCaptureFixture, **config: Any) -> Iterator[Rig]:
     caplog.set_level(logging.DEBUG, logger="relayd.supervisor")
     clock = Clock()
     launcher = Launcher(clock)
-    options = {"heartbeat_timeout": HEARTBEAT, "stop_grace": GRACE, **config}
+    # Two children unless a test asks for the HTTP worker: the rules are the same for all.
+    options = {"heartbeat_timeout": HEARTBEAT, "stop_grace": GRACE, "no_http": True, **config}
     supervisor = Supervisor(Config(**options), popen=launcher, clock=clock)
     rig = Rig(supervisor, clock, launcher, caplog)
     try:
@@ -458,9 +459,14 @@ def test_stop_terminates_the_workers_first_then_the_ca_server(rig: Rig) -> None:
     assert rig.state("ingest") is rig.state("ca-server") is State.STOPPED
 
 
-def test_every_worker_stops_before_the_ca_server(rig: Rig, monkeypatch) -> None:
-    # A third role (a worker to come, such as an HTTP worker) needs only its ROLES line.
-    monkeypatch.setitem(ROLES, "http", "workers.http")
+@pytest.fixture
+def http_rig(caplog: pytest.LogCaptureFixture) -> Iterator[Rig]:
+    """A rig whose relay runs the HTTP worker too: a third role."""
+    yield from make_rig(caplog, no_http=False)
+
+
+def test_every_worker_stops_before_the_ca_server(http_rig: Rig) -> None:
+    rig = http_rig
     for role in ("ingest", "http"):
         rig.launcher.on_signal[role] = {}
     rig.start()

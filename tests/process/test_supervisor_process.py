@@ -98,8 +98,10 @@ class Relays:
         self.seen: set[int] = set()  # every child pid a test has looked at
 
     def start(self, *args: str, port: int | None = None, wait: bool = True) -> SessionRelay:
-        relay = SessionRelay(unique_prefix(), port or free_port(), self.workdir, list(args),
-                             dict(LOOPBACK_ENV))
+        # The supervisor's rules are the same for every worker: two children are enough
+        # here (the HTTP worker's restarts and stops are tested end to end).
+        relay = SessionRelay(unique_prefix(), port or free_port(), self.workdir,
+                             ["--no-http", *args], dict(LOOPBACK_ENV))
         self.started.append(relay)
         relay.start(wait=wait)
         return relay

@@ -194,7 +194,7 @@ def default_problem(name: str, default: object, cell: str) -> str | None:
     elif isinstance(default, (int, float)):
         ok = re.fullmatch(r"-?[\d.]+", shown) is not None and float(shown) == default
     elif isinstance(default, tuple):
-        ok = shown == " ".join(default) if default else cell == "any"
+        ok = shown == " ".join(default) if default else cell in ("any", "none")
     else:
         ok = shown == default if default else cell == "none"
     return None if ok else f"default {cell!r}, the code says {default!r}"
