@@ -84,9 +84,10 @@ def start_publisher(relay: RelayProcess, mode: str, pv: str, stop_file) -> subpr
 
 
 def stop_as_group(relay: RelayProcess) -> int:
-    """SIGTERM to relayd and both children at once, as supervisord's stopasgroup does."""
-    pids = [relay.pid, *relay.child_pids().values()]
-    assert len(pids) == 3, pids
+    """SIGTERM to relayd and every child at once, as supervisord's stopasgroup does."""
+    children = relay.child_pids()
+    assert set(children) == {"ca-server", "ingest", "http"}, children
+    pids = [relay.pid, *children.values()]
     for pid in pids:
         os.kill(pid, signal.SIGTERM)
     return relay.process.wait(30)

@@ -56,14 +56,17 @@ class Host:
         self.relay: Relay[PV] = Relay(grammar, Registry(grammar, PV, 100, max_placeholders))
         self.control = Control()
         self.refusals: list[tuple[Reason, str]] = []
+        self.ways: list[str] = []  # the way in of each refusal
         self.pva: PVABridge | None = None
 
-    def report(self, refused: Refused, source: str) -> int:
+    def report(self, refused: Refused, source: str, way: str = "ca") -> int:
         self.refusals.append((refused.reason, source))
+        self.ways.append(way)
         return 0
 
-    def client_put(self, spec, raw, ts_ns=None, meta=None) -> PV:
-        pv, _ = self.relay.put_spec(spec, raw, ts_ns or time.time_ns(), time.monotonic(), meta)
+    def client_put(self, spec, raw, ts_ns=None, meta=None, writer="", way="ca") -> PV:
+        pv, _ = self.relay.put_spec(spec, raw, ts_ns or time.time_ns(), time.monotonic(), meta,
+                                    writer, way)
         if pv.pva is not None:
             self.pva.update(pv, DBE_VALUE)
         return pv
@@ -107,6 +110,9 @@ def test_a_put_creates_the_pv_and_a_get_reads_it(served):
     got = settle(bridge, pool.submit(client.get, f"{PREFIX}:x_f1", timeout=5))
     assert got["value"] == 2.5
     assert bridge.status.accepted == 1 and bridge.status.requests >= 2
+    assert host.relay.stats.accepted_by_way["pva"] == 1  # counted by its way in
+    writer = host.relay.registry.get(f"{PREFIX}:x_f1").state.writer
+    assert writer.startswith("pva ") and "@" in writer, writer  # pva user@host
 
 
 def test_a_second_placeholder_beyond_the_limit_is_refused(served):
@@ -116,6 +122,7 @@ def test_a_second_placeholder_beyond_the_limit_is_refused(served):
     second = pool.submit(client.get, f"{PREFIX}:two_f1", timeout=2)
     assert isinstance(settle(bridge, second), TimeoutError)
     assert (Reason.PLACEHOLDER_LIMIT, ) == tuple({r for r, _ in host.refusals})
+    assert set(host.ways) == {"pva"}
     assert len(host.relay.registry.placeholders) == 1
 
 
