@@ -46,7 +46,8 @@ class Event(Enum):
     BEAT = "beats"
     EXITED = "dies"
     BOOT_FAILED = "exits with BOOT_FAILED"  # only before ready; after, it is a crash (EXITED)
-    OUT_OF_TRIES = "dies MAX_BOOT_TRIES-th time"  # before ready, that many times in a row
+    SPAWN_FAILED = "cannot be spawned"  # the OS refused the process (fork: ENOMEM, EAGAIN...)
+    OUT_OF_TRIES = "fails MAX_BOOT_TRIES-th time"  # dies or not spawned, before ready, in a row
     SILENT = "heartbeat missed"  # no message for heartbeat_timeout seconds
     DELAY_OVER = "backoff delay over"
     STOP = "relay stops"
@@ -88,6 +89,7 @@ TRANSITIONS: dict[State, dict[Event, Transition]] = {
         E.BEAT: _row(S.STARTING),  # alive, still booting (a long autosave restore beats)
         E.EXITED: _row(S.BACKOFF, A.RESTART),  # died booting: perhaps a passing cause, retry
         E.BOOT_FAILED: _row(S.FATAL, A.GIVE_UP),  # said it cannot boot: retrying cannot help
+        E.SPAWN_FAILED: _row(S.BACKOFF, A.RESTART),  # no process: perhaps passing, retry
         E.OUT_OF_TRIES: _row(S.FATAL, A.GIVE_UP),  # died booting too often: not passing
         E.SILENT: _row(S.STARTING, A.KILL),  # hung booting: its death then restarts it
         E.STOP: _row(S.STOPPING, A.TERMINATE),  # stopped before it was ready
@@ -161,6 +163,7 @@ class Child:
     restart_at: float = 0.0
     fatal_reason: str = ""  # why it cannot boot, when it said so (lifeline)
     last_exit: int | None = None  # the exit code of its last process
+    spawn_error: str = ""  # why its last spawn failed ("" once a process ran)
 
     def handle(self, event: Event) -> Action:
         """Move to the state the table gives for `event`; the action to carry out."""
@@ -208,7 +211,7 @@ class Child:
         booting = self.state is State.STARTING
         event = self.exit_event(code)
         action = self.handle(event)
-        self.pid, self.last_exit = None, code
+        self.pid, self.last_exit, self.spawn_error = None, code, ""
         if booting:
             self.boot_failures += 1
         if event is Event.OUT_OF_TRIES:
@@ -217,6 +220,26 @@ class Child:
         if action is Action.RESTART:
             self._schedule_restart(now)
         return action
+
+    def spawn_failed(self, error: str, now: float) -> Action:
+        """The OS would not start its process (`error`): retried like a death while
+        booting, with the same backoff and the same limit (then GIVE_UP)."""
+        last_try = self.boot_failures + 1 >= MAX_BOOT_TRIES
+        action = self.handle(Event.OUT_OF_TRIES if last_try else Event.SPAWN_FAILED)
+        self.pid, self.spawn_error, self.started_at = None, error, now
+        self.boot_failures += 1
+        if last_try:
+            self.fatal_reason = (f"could not be spawned {self.boot_failures} times in a row "
+                                 f"(last: {error})")
+        if action is Action.RESTART:
+            self._schedule_restart(now)
+        return action
+
+    def why(self) -> str:
+        """What happened to its last process, as the log says it."""
+        if self.spawn_error:
+            return f"could not be spawned ({self.spawn_error})"
+        return describe_exit(self.last_exit if self.last_exit is not None else 0)
 
     def _schedule_restart(self, now: float) -> None:
         if now - self.started_at >= STABLE:

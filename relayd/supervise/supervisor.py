@@ -13,36 +13,37 @@ Life of one child: the table is `relayd.supervise.lifecycle.TRANSITIONS` (each r
 commented there; a unit test keeps this copy the same), applied by `Child`, which holds
 no I/O. The supervisor turns what it sees into the event and carries out the action:
 
-========  ===========================  ========  ==============================
-state     event                        next      what the supervisor does
-========  ===========================  ========  ==============================
-stopped   relay starts                 starting  spawn it
-stopped   relay stops                  stopped   -
-starting  process spawned              starting  -
-starting  says ready                   running   log ready, tell restarts
-starting  beats                        starting  -
-starting  dies                         backoff   log why, spawn after backoff
-starting  exits with BOOT_FAILED       fatal     log reason, stop relay, exit 3
-starting  dies MAX_BOOT_TRIES-th time  fatal     log reason, stop relay, exit 3
-starting  heartbeat missed             starting  SIGKILL
-starting  relay stops                  stopping  SIGTERM (workers first)
-running   says ready                   running   -
-running   beats                        running   -
-running   dies                         backoff   log why, spawn after backoff
-running   heartbeat missed             running   SIGKILL
-running   relay stops                  stopping  SIGTERM (workers first)
-backoff   backoff delay over           starting  spawn it
-backoff   relay stops                  stopped   -
-stopping  says ready                   stopping  -
-stopping  beats                        stopping  -
-stopping  dies                         stopped   log that it stopped
-stopping  stop grace over              killed    SIGKILL
-killed    says ready                   killed    -
-killed    beats                        killed    -
-killed    dies                         stopped   log that it stopped
-killed    stop grace over              killed    -
-fatal     relay stops                  fatal     -
-========  ===========================  ========  ==============================
+========  ============================  ========  ==============================
+state     event                         next      what the supervisor does
+========  ============================  ========  ==============================
+stopped   relay starts                  starting  spawn it
+stopped   relay stops                   stopped   -
+starting  process spawned               starting  -
+starting  says ready                    running   log ready, tell restarts
+starting  beats                         starting  -
+starting  dies                          backoff   log why, spawn after backoff
+starting  exits with BOOT_FAILED        fatal     log reason, stop relay, exit 3
+starting  cannot be spawned             backoff   log why, spawn after backoff
+starting  fails MAX_BOOT_TRIES-th time  fatal     log reason, stop relay, exit 3
+starting  heartbeat missed              starting  SIGKILL
+starting  relay stops                   stopping  SIGTERM (workers first)
+running   says ready                    running   -
+running   beats                         running   -
+running   dies                          backoff   log why, spawn after backoff
+running   heartbeat missed              running   SIGKILL
+running   relay stops                   stopping  SIGTERM (workers first)
+backoff   backoff delay over            starting  spawn it
+backoff   relay stops                   stopped   -
+stopping  says ready                    stopping  -
+stopping  beats                         stopping  -
+stopping  dies                          stopped   log that it stopped
+stopping  stop grace over               killed    SIGKILL
+killed    says ready                    killed    -
+killed    beats                         killed    -
+killed    dies                          stopped   log that it stopped
+killed    stop grace over               killed    -
+fatal     relay stops                   fatal     -
+========  ============================  ========  ==============================
 
 The backoff delay doubles from BACKOFF_FIRST up to BACKOFF_MAX, and starts over once a
 child has run for STABLE seconds. Restart counts go to the CA server for its status PVs.
@@ -80,9 +81,7 @@ OPTIONAL = {"http": "no_http"}  # roles an option (a `Config` field) turns off
 CA_SERVER = "ca-server"
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
 TICK = 0.5  # seconds a turn waits for a signal or a message
-# A turn that comes more than this after the previous one (normally TICK at most): the
-# supervisor itself was paused, not its children.
-PAUSE = 4 * TICK
+PAUSE = 4 * TICK  # a turn this late after the last one: the supervisor itself was paused
 
 
 def workers(running: dict[str, str] = ROLES) -> list[str]:
@@ -221,15 +220,13 @@ class Supervisor:
 
     def _restart(self, role: str) -> None:
         child = self.children[role]
-        log.warning("%s %s; restarting in %.1f s (restart %d)", role,
-                    describe_exit(child.last_exit), child.restart_at - self.clock(),
-                    child.restarts)
+        log.warning("%s %s; restarting in %.1f s (restart %d)", role, child.why(),
+                    child.restart_at - self.clock(), child.restarts)
         self._tell_restarts()
 
     def _give_up(self, role: str) -> None:
         child = self.children[role]
-        log.error("relayd cannot start: %s: %s", role,
-                  child.fatal_reason or describe_exit(child.last_exit))
+        log.error("relayd cannot start: %s: %s", role, child.fatal_reason or child.why())
         self.exit_code = BOOT_FAILED
         self.stop()
 
@@ -260,6 +257,10 @@ class Supervisor:
             fds += [end.fileno() for end in ends]
         try:
             process = self.popen(command, pass_fds=fds)
+        except OSError as error:  # fork or exec refused: a boot failure, never a crash
+            parent_end.close()
+            self._act(role, self.children[role].spawn_failed(str(error), self.clock()))
+            return
         finally:
             child_end.close()
         lifeline = Lifeline(parent_end)

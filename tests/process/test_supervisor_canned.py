@@ -107,8 +107,15 @@ class Launcher:
     clock: Clock
     spawned: list[CannedChild] = field(default_factory=list)
     on_signal: dict[str, dict[int, int]] = field(default_factory=dict)  # by role
+    refuse: dict[str, int] = field(default_factory=dict)  # spawns of a role the OS refuses
+    refused: list[str] = field(default_factory=list)  # the roles refused, in order
 
     def __call__(self, command: list[str], pass_fds: list[int]) -> CannedChild:
+        role = {module: role for role, module in ROLES.items()}[command[2]]
+        if self.refuse.get(role, 0) > 0:  # as subprocess.Popen raises when fork fails
+            self.refuse[role] -= 1
+            self.refused.append(role)
+            raise OSError(12, "Cannot allocate memory")
         child = CannedChild(command, pass_fds, 1000 + len(self.spawned), self.clock(),
                             OBEDIENT)
         child.on_signal = dict(self.on_signal.get(child.role, OBEDIENT))
@@ -316,6 +323,39 @@ def test_dying_before_ready_max_boot_tries_times_stops_the_relay_with_exit_3(rig
     assert len(rig.launcher.of("ingest")) == MAX_BOOT_TRIES  # no more tries
     rig.advance(BACKOFF_MAX)
     assert len(rig.launcher.spawned) == MAX_BOOT_TRIES + 1
+
+
+def test_a_spawn_the_os_refuses_is_retried_after_the_backoff_not_a_crash(rig: Rig) -> None:
+    rig.launcher.refuse["ingest"] = 2
+    rig.start(ready=False)
+    assert rig.launcher.refused == ["ingest"]
+    assert rig.state("ingest") is State.BACKOFF
+    assert rig.logged("ingest could not be spawned ([Errno 12] Cannot allocate memory); "
+                      "restarting in", logging.WARNING)
+    rig.launcher.latest("ca-server").say(ready=True)
+    while len(rig.launcher.of("ingest")) == 0:
+        rig.advance(TICK / 5)
+        assert rig.clock.now - T0 < 3 * BACKOFF_MAX, "never spawned"
+    assert rig.launcher.refused == ["ingest", "ingest"]
+    rig.launcher.latest("ingest").say(ready=True)
+    rig.turn()
+    assert rig.state("ingest") is State.RUNNING
+    assert not rig.supervisor.done
+
+
+def test_a_spawn_refused_max_boot_tries_times_stops_the_relay_with_exit_3(rig: Rig) -> None:
+    rig.launcher.refuse["ingest"] = MAX_BOOT_TRIES
+    rig.start(ready=False)
+    rig.launcher.latest("ca-server").say(ready=True)
+    while not rig.supervisor.done:
+        rig.advance(TICK)
+        assert rig.clock.now - T0 < MAX_BOOT_TRIES * BACKOFF_MAX, "never gave up"
+    assert rig.launcher.refused == ["ingest"] * MAX_BOOT_TRIES
+    assert rig.state("ingest") is State.FATAL
+    assert rig.logged(f"relayd cannot start: ingest: could not be spawned {MAX_BOOT_TRIES} "
+                      "times in a row (last: [Errno 12] Cannot allocate memory)", logging.ERROR)
+    assert rig.supervisor.exit_code == BOOT_FAILED
+    assert rig.launcher.latest("ca-server").signals == [signal.SIGTERM]
 
 
 def test_boot_failed_stops_the_relay_at_once_with_the_childs_reason(rig: Rig) -> None:
