@@ -132,8 +132,7 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                 "kind = excluded.kind, count = excluded.count, buffer = excluded.buffer, "
                 "value = excluded.value, ts_ns = excluded.ts_ns, attrs = excluded.attrs",
-                ((s.name, s.kind, s.count, int(s.buffer), _to_sql(s.value), s.ts_ns,
-                  json.dumps(s.attrs, sort_keys=True)) for s in saved),
+                map(encode_row, saved),
             )
             connection.execute("COMMIT")
         except BaseException:
@@ -286,6 +285,25 @@ def _aside(path: str, why: str) -> str:
 
 
 _NAN = struct.pack("<d", math.nan)
+
+
+class RowError(ValueError):
+    """One PV's row cannot be encoded (a bug: rows are checked before they get here).
+    `name` says which; the transaction it was in is rolled back."""
+
+    def __init__(self, name: str, error: Exception):
+        super().__init__(f"the row of {name} cannot be encoded: {type(error).__name__}: "
+                         f"{error}")
+        self.name = name
+
+
+def encode_row(s: SavedPV) -> tuple:
+    """`s` as the parameters of its INSERT; `RowError` if it cannot be."""
+    try:
+        return (s.name, s.kind, s.count, int(s.buffer), _to_sql(s.value), s.ts_ns,
+                json.dumps(s.attrs, sort_keys=True))
+    except (TypeError, ValueError, OverflowError, AttributeError) as error:
+        raise RowError(str(s.name), error) from error
 
 
 def _to_sql(value: object) -> object:

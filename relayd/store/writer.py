@@ -39,7 +39,7 @@ from relayd.core.errors import BootError
 from relayd.core.pvstate import PVState
 from relayd.logs import RateLimitedLog
 from relayd.store.rows import SavedPV, make
-from relayd.store.sqlite import Store
+from relayd.store.sqlite import RowError, Store
 
 log = logging.getLogger("relayd.autosave")
 
@@ -81,6 +81,14 @@ def snapshot_part(states: list[PVState]) -> dict[str, Snapshot]:
 
 def from_snapshot(snap: Snapshot) -> SavedPV:
     return make(*snap)
+
+
+def _row(name: str, snap: Snapshot) -> SavedPV:
+    """The row of the PV `name`; `RowError` if its snapshot cannot make one."""
+    try:
+        return from_snapshot(snap)
+    except (TypeError, ValueError, OverflowError, AttributeError) as error:
+        raise RowError(name, error) from error
 
 
 @dataclass
@@ -294,12 +302,20 @@ class Autosaver:
         return items
 
     def _write(self, pending: _Pending) -> None:
-        try:
-            rows = [from_snapshot(snap) for snap in pending.saved.values()]
-            self.store.write(rows, pending.deleted)
-        except (sqlite3.Error, OSError) as error:
-            self._failed(error, len(pending))
-            return
+        while True:
+            try:
+                rows = [_row(name, snap) for name, snap in pending.saved.items()]
+                self.store.write(rows, pending.deleted)
+                break
+            except RowError as error:  # that PV alone is left out: the rest are written
+                pending.saved.pop(error.name, None)
+                self.status.failures += 1
+                self._errors.log(logging.ERROR, "row", "autosave: %s left out of %s (%s, a "
+                                 "bug in relayd); the other changes are written", error.name,
+                                 self.store.path, error, exc_info=error)
+            except (sqlite3.Error, OSError) as error:
+                self._failed(error, len(pending))
+                return
         if self.status.last_error:
             log.info("autosave to %s works again", self.store.path)
         self.status.saved += len(pending.saved)

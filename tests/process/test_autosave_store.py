@@ -7,6 +7,7 @@ full disk, since the store is a plain class, not a protocol.
 
 from __future__ import annotations
 
+from dataclasses import replace
 import logging
 import math
 import os
@@ -1148,3 +1149,25 @@ def test_a_pv_made_under_the_name_of_a_row_left_out_goes_last(path: Path) -> Non
         assert autosaver.stop() is True
     assert [item.name for item in reopen(path)] == ["P:good_f1", "P:a_f1"]
     assert reopen(path)[1] == from_state(again)
+
+
+def test_a_row_that_cannot_be_encoded_is_left_out_and_the_others_are_written(
+        saver, path: Path, caplog) -> None:
+    """One bad row (a bug) must not hold every other change out of the file for ever."""
+    autosaver = saver()
+    good, bad, other = state("a_f1", 1.0), state("b_f1", 2.0), state("c_f1", 3.0)
+    bad.meta = replace(bad.meta, egu=object())  # json cannot encode it: a bug's doing
+    with caplog.at_level(logging.ERROR, logger="relayd.autosave"):
+        for item in (good, bad, other):
+            autosaver.touch(item)
+        autosaver.flush()
+        assert autosaver.wait_idle(5)
+    assert reopen(path) == [from_state(good), from_state(other)]
+    assert autosaver.status.pending == 0 and autosaver.status.failures == 1
+    left_out = [r for r in caplog.records if "left out of" in r.getMessage()]
+    assert len(left_out) == 1 and "P:b_f1" in left_out[0].getMessage()
+    assert left_out[0].exc_info is not None  # with its traceback: a bug to report
+    later = state("d_f1", 4.0)
+    autosaver.touch(later)
+    assert autosaver.stop() is True
+    assert reopen(path) == [from_state(good), from_state(other), from_state(later)]
