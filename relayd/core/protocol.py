@@ -120,10 +120,7 @@ _UNPACK_ERRORS = (
 )
 
 
-MAX_UPDATES = 100_000  # updates in one message, at most
-
-
-def decode(message: bytes, max_updates: int = MAX_UPDATES) -> Decoded:
+def decode(message: bytes, max_updates: int = 100_000) -> Decoded:
     """The updates in one message; `Refused` (MALFORMED) if the message is unusable.
 
     The whole message is refused when it is not msgpack, has bytes after its object, is

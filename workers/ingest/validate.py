@@ -8,8 +8,7 @@ logged (rate-limited); the counters travel to the CA process with the next forwa
 the status PVs show them. One bad update in a batch never discards the good ones.
 
 An acknowledged request (protocol version 2) is judged the same way (`judge`), and keeps
-each update's fate: its op, or its refusal as a `Verdict`. A message of plain numeric
-updates, the commonest, is decoded in C (`decode_plain`, with msgspec).
+each update's fate: its op, or its refusal as a `Verdict`.
 """
 
 from __future__ import annotations
@@ -17,13 +16,10 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-import msgspec
-
 from relayd.core import protocol
 from relayd.core.errors import Reason, Refused
 from relayd.core.intake import Intake
 from relayd.core.ops import PipeOp, Verdict, Way
-from relayd.core.protocol import PUT, Decoded, Update
 from relayd.logs import RateLimitedLog
 
 log = logging.getLogger("relayd.ingest")
@@ -66,13 +62,11 @@ class Ingest:
                ) -> list[PipeOp]:
         """The accepted updates of one message, as pipe ops, in message order."""
         self.received += 1
-        decoded = decode_plain(message, protocol.MAX_UPDATES)  # the common case, in C
-        if decoded is None:
-            try:
-                decoded = protocol.decode(message, protocol.MAX_UPDATES)
-            except Refused as refused:
-                self.refuse(refused, source)
-                return []
+        try:
+            decoded = protocol.decode(message)
+        except Refused as refused:
+            self.refuse(refused, source)
+            return []
         return self.judge(decoded, arrival_ns, source)
 
     def judge(self, decoded: protocol.Decoded, arrival_ns: int, source: str = SOURCE,
@@ -133,59 +127,3 @@ class Ingest:
         self._updates = 0
         self._refused.clear()
         return counters
-
-
-# --- the commonest message, decoded in C -----------------------------------------------
-#
-# Most ZMQ traffic is a batch (or a single map) of ``{"pv": str, "value": number}``.
-# `protocol.decode` unpacks it into dicts with msgpack and checks each in Python (~0.5 us
-# an update); msgspec decodes and checks exactly that shape in C, straight into small
-# structs (~0.1 us), and the updates are then made as `decode` makes them.
-#
-# A shortcut only: `decode_plain` answers None for anything that is not exactly that
-# shape (another key, a key missing, a value that is not an int or a float, a bool,
-# bytes after the message, anything malformed), and `Ingest.handle` then decodes the
-# message with `protocol.decode`, which judges it and words every refusal. What it
-# accepts it decodes as `decode` does (tests/unit/test_ingest_plain.py): msgpack's ints
-# and floats become the same Python ints and floats. msgspec is the ingest worker's own
-# dependency: the client, and the core it shares, need only msgpack.
-
-
-class _Plain(msgspec.Struct, forbid_unknown_fields=True):
-    """One plain update: exactly these two keys (any other key: not this shape)."""
-
-    pv: str
-    value: float | int  # not bool: msgspec refuses a bool here (decode takes it)
-
-
-_decode = msgspec.msgpack.Decoder(_Plain | list[_Plain]).decode
-# The Update NamedTuple made without its constructor's Python frame (see protocol).
-_new = tuple.__new__
-# A failed attempt costs ~0.4 us (msgspec words an error), so a message whose first map
-# has not 2 entries (one with "ts" or "meta") is not tried: the msgpack header of a map of
-# two (0x82) is the message's first byte, or follows the array's header, whose size its
-# first byte gives (fixarray 0x90-0x9f: 1, array 16: 3, array 32: 5).
-_MAP_OF_TWO = 0x82
-_FIRST_MAP_AT = {**{0x90 + count: 1 for count in range(16)}, 0xDC: 3, 0xDD: 5}
-
-
-def decode_plain(message: bytes, max_updates: int) -> Decoded | None:
-    """`protocol.decode(message, max_updates)` for a message of plain numeric updates;
-    None for any other message (then decode it with `protocol.decode`)."""
-    if not message:
-        return None
-    head = message[0]
-    if head != _MAP_OF_TWO:
-        at = _FIRST_MAP_AT.get(head)
-        if at is None or len(message) <= at or message[at] != _MAP_OF_TWO:
-            return None
-    try:
-        body = _decode(message)
-    except Exception:  # not this shape (msgspec.DecodeError, ValidationError): decode's
-        return None
-    if type(body) is list:
-        if len(body) > max_updates:
-            return None
-        return Decoded([_new(Update, (item.pv, PUT, item.value, None, index, None))
-                        for index, item in enumerate(body)], [], True)
-    return Decoded([_new(Update, (body.pv, PUT, body.value, None, 0, None))], [], False)
