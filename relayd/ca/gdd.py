@@ -23,12 +23,21 @@ EPICS_EPOCH_NS = cas.POSIX_TIME_AT_EPICS_EPOCH * 1_000_000_000
 NS = 1_000_000_000
 
 
+# A new epicsTimeStamp as the plain SWIG object, without pcaspy's proxy class: 0.17 us
+# against 0.72 us (measured), and one is made per message, or per event of a CA put.
+# It is freed like the proxy's (SWIG owns it); gdd.setTimeStamp copies it.
+_new_stamp = _cas.new_epicsTimeStamp
+
+
 def epics_time(ts_ns: int) -> cas.epicsTimeStamp:
-    """An epicsTimeStamp for POSIX nanoseconds; times before 1990 become the epoch."""
+    """An epicsTimeStamp for POSIX nanoseconds; times before 1990 become the epoch.
+
+    The plain SWIG object (see `_new_stamp`): what `gdd.setTimeStamp` takes.
+    """
     if ts_ns <= EPICS_EPOCH_NS:
-        return cas.epicsTimeStamp(0, 0)
+        return _new_stamp(0, 0)
     seconds, nsec = divmod(ts_ns - EPICS_EPOCH_NS, NS)
-    return cas.epicsTimeStamp(seconds, nsec)
+    return _new_stamp(seconds, nsec)
 
 
 # The SWIG functions behind pcaspy's gdd methods, called directly: on the plain SWIG

@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any, Callable, Protocol, TypeVar
 
-from pcaspy import cas
+from pcaspy import _cas, cas
 
 from relayd.ca import gdd as ca_gdd
 from relayd.logs import RateLimitedLog
@@ -31,6 +31,9 @@ _internal_errors = RateLimitedLog(log, burst=3, period=60.0)
 DBE_VALUE_LOG = cas.DBE_VALUE | cas.DBE_LOG
 DBE_ALL = cas.DBE_VALUE | cas.DBE_LOG | cas.DBE_ALARM
 DBE_PROPERTY = cas.DBE_PROPERTY
+# casPV::postEvent as the SWIG function pcaspy's `postEvent` method wraps: called
+# directly, every value event saves that method's Python frame (see `relayd.ca.gdd`).
+_post_event = _cas.PV_postEvent
 _CTRL_APPS = ca_gdd.CTRL_APPS_ALL
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -145,7 +148,7 @@ class ServedPV(MonitoredPV):
     def post(self, mask: int = DBE_VALUE_LOG, stamp: cas.epicsTimeStamp | None = None) -> None:
         """Send the current state to every monitor (a no-op when no one monitors)."""
         if self.monitored:
-            self.postEvent(mask, ca_gdd.monitor_event(self.state, stamp))
+            _post_event(self, mask, ca_gdd.monitor_event(self.state, stamp))
         if self.fields:
             for field_pv in self.fields.values():
                 field_pv.post()

@@ -232,6 +232,7 @@ class CAServer(cas.caServer):
         attributes changed with the value. `stamp` is the value's time stamp when the
         caller has it made already.
         """
+        state = pv.state
         if pv.pva is not None:
             self.pva.update(pv, mask)
         if mask & DBE_PROPERTY:
@@ -239,11 +240,11 @@ class CAServer(cas.caServer):
             mask &= ~DBE_PROPERTY
         pv.post(mask, stamp)
         if self.autosaver is not None:
-            self.autosaver.touch(pv.state)
+            self.autosaver.touch(state)
         if self.changed is not None:
             self.changed[pv] = None
-        if pv.state.meta.tmo > 0:
-            self.stale_watch.watch(pv.state, now)
+        if state.meta.tmo > 0:
+            self.stale_watch.watch(state, now)
 
     def restore(self, saved: list[SavedPV], progress: Callable[[], None] = lambda: None
                 ) -> None:

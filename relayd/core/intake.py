@@ -22,7 +22,7 @@ from typing import Callable
 from relayd.core.meta import check_changes
 from relayd.core.names import Grammar, PVSpec
 from relayd.core.ops import Op, PipeOp
-from relayd.core.protocol import DELETE, NO_VALUE, Update
+from relayd.core.protocol import DELETE, NO_VALUE, Update, new_tuple
 from relayd.core.values import converter
 
 # Enum members are slow to look up in Python 3.11 (~60 ns each): `prepare` uses these.
@@ -65,13 +65,15 @@ class Intake:
 
         A put without ``ts`` is stamped `arrival_ns` (POSIX nanoseconds).
         """
-        known = self._names.get(update.pv)  # `spec`, inline: this is the hot path
-        spec, convert = known if known is not None else self.spec(update.pv)
-        if update.op == DELETE:
+        pv, op, value, ts, _, meta = update  # one unpacking, not a lookup per field
+        known = self._names.get(pv)  # `spec`, inline: this is the hot path
+        spec, convert = known if known is not None else self.spec(pv)
+        if op == DELETE:
             return PipeOp(_DELETE, spec.name, None, 0, None)
-        meta = check_changes(update.meta, spec.name) if update.meta is not None else None
-        if update.value is NO_VALUE:
+        if meta is not None:
+            meta = check_changes(meta, spec.name)
+        if value is NO_VALUE:
             return PipeOp(_META, spec.name, None, 0, meta)
-        stored = convert(spec, update.value)
-        ts_ns = arrival_ns if update.ts is None else round(update.ts * 1_000_000) * 1000
-        return PipeOp(_PUT, spec.name, stored, ts_ns, meta)
+        stored = convert(spec, value)
+        ts_ns = arrival_ns if ts is None else round(ts * 1_000_000) * 1000
+        return new_tuple(PipeOp, (_PUT, spec.name, stored, ts_ns, meta))

