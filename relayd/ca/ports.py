@@ -114,7 +114,9 @@ def search_answers(datagram: bytes, sender: str) -> list[str]:
     while offset + _HEADER.size <= len(datagram):
         command, size, port, _, address, search_id = _HEADER.unpack_from(datagram, offset)
         offset += _HEADER.size + size
-        if command == _SEARCH and search_id == _SEARCH_ID:
+        # An answer carries 8 bytes (the server's minor version); a search carries the
+        # name, never under 16 bytes here (prefix:pvlist and its NUL, padded).
+        if command == _SEARCH and size == 8 and search_id == _SEARCH_ID:
             host = sender if address == _ANY_ADDRESS else socket.inet_ntoa(
                 struct.pack(">I", address))
             found.append(f"{host}:{port}")
@@ -154,9 +156,7 @@ def find_server(name: str, targets: list[tuple[str, int]], wait: float = SEARCH_
     request = search_request(name)
     started = time.monotonic()
     sends = [started, started + wait / 5, started + wait / 2]
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-        sock.bind(("0.0.0.0", 0))
+    with _search_socket({port for _, port in targets}) as sock:
         while (now := time.monotonic()) < started + wait:
             if sends and now >= sends[0]:
                 _send(sock, request, name, targets, warn=len(sends) == 3)
@@ -165,10 +165,30 @@ def find_server(name: str, targets: list[tuple[str, int]], wait: float = SEARCH_
             if not select.select([sock], [], [], max(0.0, until - now))[0]:
                 continue
             datagram, (host, _) = sock.recvfrom(65536)
+            if datagram == request:  # our own search, come back: never an answer
+                continue
             answers = search_answers(datagram, host)
             if answers:
                 return answers[0]
     return None
+
+
+def _search_socket(target_ports: set[int]) -> socket.socket:
+    """A UDP socket for the search, on a port none of the targets is at.
+
+    The CA server port is not bound yet when the search goes out, so the kernel may give
+    its number to this socket: the search sent to this host at that port then came back
+    to it, and was taken for another relay's answer (CI saw it: "the CA server at
+    82.69.76.89:5", our own search id and reply flag read as an address).
+    """
+    for _ in range(20):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        sock.bind(("0.0.0.0", 0))
+        if sock.getsockname()[1] not in target_ports:
+            return sock
+        sock.close()
+    raise OSError("no UDP port for the CA search apart from the search targets' ports")
 
 
 def _send(sock: socket.socket, request: bytes, name: str, targets: list[tuple[str, int]],

@@ -15,7 +15,8 @@ from typing import Iterator
 import pytest
 
 from relayd.ca.ports import (
-    SEARCH_WAIT, CAEnv, bound_sockets, check_udp_port, find_server,
+    SEARCH_WAIT, CAEnv, bound_sockets, check_udp_port, find_server, search_answers,
+    search_request,
 )
 from relayd.core.errors import BootError
 
@@ -52,6 +53,32 @@ def test_a_server_that_answers_is_found(answering) -> None:
     sock, seen = answering
     assert find_server("p:pvlist", [sock.getsockname()]) == "127.0.0.1:41234"
     assert b"p:pvlist\0" in seen[0]
+
+
+def test_our_own_search_coming_back_is_not_an_answer() -> None:
+    """CI: the search socket got the CA server port's number, the search sent to this
+    host at that port came back to it, and was read as "a relay at 82.69.76.89:5"."""
+    assert search_answers(search_request("p:pvlist"), "127.0.0.1") == []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as echo:
+        echo.bind(("127.0.0.1", 0))
+        stop = threading.Event()
+
+        def reflect() -> None:  # sends every datagram back where it came from
+            echo.settimeout(0.05)
+            while not stop.is_set():
+                try:
+                    datagram, sender = echo.recvfrom(4096)
+                except socket.timeout:
+                    continue
+                echo.sendto(datagram, sender)
+
+        thread = threading.Thread(target=reflect, daemon=True)
+        thread.start()
+        try:
+            assert find_server("p:pvlist", [echo.getsockname()]) is None
+        finally:
+            stop.set()
+            thread.join()
 
 
 def test_silence_is_no_server_after_the_wait() -> None:
