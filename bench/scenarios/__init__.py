@@ -20,6 +20,7 @@ from bench.scenarios.caget_under_load import caget_under_load
 from bench.scenarios.conflation import conflation
 from bench.scenarios.fleet import fleet
 from bench.scenarios.http_overhead import http_overhead
+from bench.scenarios.http_paging import http_paging
 from bench.scenarios.latency import latency
 from bench.scenarios.pva import pva_arrays, pva_ca_cost, pva_scalars
 from bench.scenarios.scale import scale
@@ -56,6 +57,8 @@ SCENARIOS = (
     Scenario("acks", acks, summary="acknowledged updates/s (1 and 64 in flight) vs fire-and-forget"),
     Scenario("http_overhead", http_overhead,
              summary="100 PVs pushed with the web page open on them vs --no-http"),
+    Scenario("http_paging", http_paging,
+             summary="GET of the first page of 100k PVs (quick: 20k) vs of 1,000, ms"),
 )
 
 BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}

@@ -228,7 +228,7 @@ def test_the_mirror_follows_restarts_of_the_http_worker_and_the_ca_process(
     wait_for(lambda: listed(relay)["total"] == 21, 20, what="the mirror in step again")
 
 
-def test_the_first_page_of_100000_pvs_comes_within_200_ms(start_relay) -> None:
+def test_100000_pvs_are_paged_in_order_each_once(start_relay) -> None:
     relay = start_relay("--no-autosave")
     push(relay, "for start in range(0, 100_000, 2000):\n"
                 "    relay.put_many({f'pv{i:06d}_f1': float(i) for i in range(start, start + 2000)})")
@@ -236,12 +236,10 @@ def test_the_first_page_of_100000_pvs_comes_within_200_ms(start_relay) -> None:
              interval=0.5, what="100,000 PVs in the relay")
     wait_for(lambda: listed(relay, limit=1)["total"] == 100_000, 60, interval=0.5,
              what="100,000 PVs in the HTTP worker's mirror")
-    timings = []
-    for _ in range(5):
-        answer = get(relay, "/api/v1/pvs?limit=100")
-        timings.append(answer.seconds)
-    assert answer.json["pvs"][0]["name"] == full(relay, "pv000000_f1")
-    assert min(timings) <= 0.2, timings
+    # How fast the first page comes is measured in bench/ (http_paging), not asserted here.
+    answer = get(relay, "/api/v1/pvs?limit=100")
+    assert [row["name"] for row in answer.json["pvs"]] == [
+        full(relay, f"pv{i:06d}_f1") for i in range(100)]
     names, after = [], None
     while True:
         page = listed(relay, limit=5000, **({"after": after} if after else {}))

@@ -671,12 +671,10 @@ def test_touch_costs_no_io(saver, path: Path) -> None:
     """A put only notes its PV: no snapshot, no encoding, no write until the flush."""
     autosaver = saver(FlakyStore, interval=60)
     big = state("big_f100000", np.arange(100_000.0))
-    started = time.perf_counter()
     for _ in range(10_000):
         autosaver.touch(big)
-    elapsed = time.perf_counter() - started
     assert autosaver.store.attempts == 0  # type: ignore[attr-defined]
-    assert elapsed < 1.0  # generous: about a microsecond each
+    assert autosaver.status.saved == 0  # nothing written before the flush
 
 
 # --- rows as they are in the file ------------------------------------------------------------

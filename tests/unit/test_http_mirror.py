@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from relayd.core.feed import FeedChunk, Row
@@ -130,12 +128,10 @@ def test_a_restarted_ca_process_starts_the_counts_over() -> None:
     assert entry.per_minute(12.0) >= 0
 
 
-def test_paging_the_first_page_of_100000_pvs_is_fast() -> None:
+def test_paging_100000_pvs_gives_the_first_page_and_the_next_name() -> None:
+    # How fast: bench/scenarios/http_paging.py measures it; a test asserts no speed.
     mirror = synced("p", [row(f"p:pv{i:06d}_f1") for i in range(100_000)])
-    started = time.perf_counter()
-    mirror.sorted_names()
     first, after = mirror.page(limit=100)
-    mirror.page("pv0999*", limit=100)
-    mirror.view("*99*", "value", False, 0, 50, 0.0)
-    assert time.perf_counter() - started < 1.0
     assert len(first) == 100 and after == "p:pv000099_f1"
+    matching, _ = mirror.page("pv0999*", limit=100)
+    assert len(matching) == 100
