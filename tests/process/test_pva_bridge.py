@@ -58,12 +58,13 @@ class Host:
         self.refusals: list[tuple[Reason, str]] = []
         self.pva: PVABridge | None = None
 
-    def report(self, refused: Refused, source: str) -> int:
+    def report(self, refused: Refused, source: str, way: str = "ca") -> int:
         self.refusals.append((refused.reason, source))
         return 0
 
-    def client_put(self, spec, raw, ts_ns=None, meta=None) -> PV:
-        pv, _ = self.relay.put_spec(spec, raw, ts_ns or time.time_ns(), time.monotonic(), meta)
+    def client_put(self, spec, raw, ts_ns=None, meta=None, writer="", way="ca") -> PV:
+        pv, _ = self.relay.put_spec(spec, raw, ts_ns or time.time_ns(), time.monotonic(), meta,
+                                    writer, way)
         if pv.pva is not None:
             self.pva.update(pv, DBE_VALUE)
         return pv
