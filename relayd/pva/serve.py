@@ -45,6 +45,16 @@ def port_problem(wanted: int, served: int) -> str | None:
             "reach the other program")
 
 
+def interface_host(entry: str) -> str:
+    """One entry of pvxs's effective ``EPICS_PVAS_INTF_ADDR_LIST`` without the TCP port
+    pvxs writes into it (``127.0.0.1:5075``), so that the start-up line names each port
+    once; an IPv6 address keeps its colons (``::1``, ``[::1]:5075`` gives ``[::1]``)."""
+    host, colon, port = entry.rpartition(":")
+    if colon and port.isdigit() and (":" not in host or host.endswith("]")):
+        return host
+    return entry
+
+
 def start(config: Config, host: PVAHost, may_put: MayPut | None = None,
           environ: Mapping[str, str] = os.environ) -> PVABridge | None:
     """Serve the relay's PVs over pvAccess; None with --no-pva. `BootError` if it cannot."""
@@ -75,7 +85,8 @@ def start(config: Config, host: PVAHost, may_put: MayPut | None = None,
     bridge = PVABridge(host, provider, requests, may_put)
     bridge.server, bridge.dynamic = server, dynamic
     bridge.status.port = served
-    interfaces = conf["EPICS_PVAS_INTF_ADDR_LIST"].split() or ["0.0.0.0"]
+    interfaces = [interface_host(entry) for entry in conf["EPICS_PVAS_INTF_ADDR_LIST"].split()
+                  ] or ["0.0.0.0"]
     log.info("%s", serving(
         "PVA", [f"TCP {host}:{served}" for host in interfaces]
         + [f"UDP {host}:{conf['EPICS_PVAS_BROADCAST_PORT']}" for host in interfaces],

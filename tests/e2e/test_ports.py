@@ -87,3 +87,7 @@ def test_the_start_up_log_says_where_the_relay_serves(start_relay, tmp_path, cur
             f"(CURVE {'on' if curve else 'off'})") in log, log
     assert (f"relayd.ingest: serving ZMQ-ack on {relay.ack_endpoint} "
             f"(CURVE {'on' if curve else 'off'})") in log, log
+    assert (f"relayd.pva: serving PVA on TCP 127.0.0.1:{relay.pva_port}, "
+            f"UDP 127.0.0.1:{relay.pva_search_port} "
+            f"(PVs {relay.prefix}:<name>_<dtype><count>)") in log, log
+    assert f"relayd.http: serving HTTP on {relay.url} (web page, API, metrics)" in log, log

@@ -12,6 +12,8 @@ README.md and docs/*.md are read as text, as they are written (nothing is render
 * docs/DESIGN.md names every module of ``relayd/`` and ``workers/``, and none that is gone;
 * every module path (``relayd/core/names.py``) or dotted name (``relayd.core.values.convert``)
   that a page cites exists (a dotted name may also be a logger name the code uses);
+* every test a page cites (``tests/e2e/test_acks.py::test_name``, as docs/PROMISES.md
+  cites the test of each promise) exists, so a promise never points at a test that is gone;
 * the README still holds the test command that ``.ci/run`` reads and runs.
 
 Each check is a function from text to a list of problems, and each is also run on a
@@ -358,6 +360,50 @@ def test_the_citation_check_catches_moved_modules() -> None:
     assert citation_problems("x.md", "`relayd.core.values.nothing`", loggers=set()) == [
         "x.md: relayd.core.values.nothing: relayd.core.values has no 'nothing'"]
     assert citation_problems("x.md", "`relayd.supervisor`", loggers={"relayd.supervisor"}) == []
+
+
+# --- cited tests ---------------------------------------------------------------------------
+
+TEST_CITATION = re.compile(r"(?<![\w./~-])(tests/(?:\w+/)*test_\w+\.py)::(\w+)")
+
+
+def defined_tests(path: Path) -> set[str]:
+    """The test functions a test module defines, at its top level or in its classes."""
+    tree = ast.parse(path.read_text())
+    nodes = list(tree.body) + [node for cls in tree.body if isinstance(cls, ast.ClassDef)
+                               for node in cls.body]
+    return {node.name for node in nodes
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.name.startswith("test_")}
+
+
+def cited_test_problems(name: str, text: str, root: Path = REPO) -> list[str]:
+    """Tests cited in `text` as ``tests/FILE.py::test_name`` that do not exist."""
+    problems = []
+    for path, test in sorted(set(TEST_CITATION.findall(text))):
+        if not (root / path).is_file():
+            problems.append(f"{name}: {path}: no such test file")
+        elif test not in defined_tests(root / path):
+            problems.append(f"{name}: {path}::{test}: no such test")
+    return problems
+
+
+def test_every_cited_test_exists() -> None:
+    problems = [p for page in PAGES for p in cited_test_problems(page.name, page_text(page))]
+    assert problems == []
+
+
+def test_the_cited_test_check_catches_a_test_that_is_gone(tmp_path) -> None:
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_a.py").write_text(
+        "def test_here():\n    pass\n\nclass TestB:\n    def test_in_class(self):\n"
+        "        pass\n")
+    good = "`tests/test_a.py::test_here` and tests/test_a.py::test_in_class\n"
+    assert cited_test_problems("x.md", good, tmp_path) == []
+    assert cited_test_problems("x.md", "`tests/test_a.py::test_gone`", tmp_path) == [
+        "x.md: tests/test_a.py::test_gone: no such test"]
+    assert cited_test_problems("x.md", "tests/test_b.py::test_here", tmp_path) == [
+        "x.md: tests/test_b.py: no such test file"]
 
 
 # --- the README's test command -------------------------------------------------------------

@@ -220,6 +220,10 @@ def test_a_taken_port_is_named_with_the_port_served():
     assert serve.wanted_port({"EPICS_PVA_SERVER_PORT": "6000",
                               "EPICS_PVAS_SERVER_PORT": "7000"}) == 7000
     assert serve.port_problem(5075, 5075) is None
+    assert serve.interface_host("127.0.0.1:5075") == "127.0.0.1"  # pvxs adds its port
+    assert serve.interface_host("0.0.0.0") == "0.0.0.0"
+    assert serve.interface_host("[::1]:5075") == "[::1]"
+    assert serve.interface_host("::1") == "::1"
     assert serve.port_problem(0, 41000) is None  # a random port was asked for
     problem = serve.port_problem(5075, 41000)
     assert "5075 is taken" in problem and "serving on port 41000" in problem
