@@ -220,7 +220,8 @@ HELP = {
     "access_security": "EPICS access security file (ACF) for every CA PV; see SECURITY.md",
     "no_pva": "do not serve the PVs over pvAccess (PVA, EPICS 7); see docs/PVA.md",
     "strict_port": "exit (code 3) instead of serving on a dynamic TCP port when the CA "
-                   "server port is taken by another program (default: serve, with a warning)",
+                   "or PVA server port is taken by another program (default: serve, with a "
+                   "warning)",
     "http_bind": "HOST:PORT the HTTP worker (web page, JSON API, /metrics) listens on; "
                  "repeat for several",
     "no_http": "do not run the HTTP worker",

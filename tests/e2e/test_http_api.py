@@ -163,6 +163,14 @@ def test_the_body_limit_and_a_full_relay_answer_413_and_507(start_relay) -> None
     assert (answer.status, answer.json["reason"]) == (507, "pvLimit")
 
 
+def test_durable_without_autosave_is_applied_and_says_why_not_durable(start_relay) -> None:
+    relay = start_relay("--no-autosave")
+    answer = put(relay, "kept_f1?durable=1", "4.5")
+    assert answer.status == 200 and answer.json["ok"] is True, answer
+    assert answer.json["durable"] is False and "autosave" in answer.json["note"], answer
+    assert get(relay, "/api/v1/pvs/kept_f1").json["value"] == 4.5  # applied all the same
+
+
 def test_a_port_in_use_is_a_boot_failure(start_relay) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

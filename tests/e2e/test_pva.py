@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from relayd.client import Client
-from tests.e2e._tools import full, status, wait_status, write_text
+from tests.e2e._tools import full, status, wait_boot_failure, wait_status, write_text
 from tests.harness import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -330,6 +330,21 @@ def test_a_taken_pva_port_is_a_warning(p4p_client, pyepics_client, start_relay):
         assert f"pvAccess TCP port {taken} is taken" in relay.log_text()
         assert f"serving on port {served}" in relay.log_text()
         assert p4p_client.put(full(relay, "found_f1"), 1.0)  # found by its search port
+    finally:
+        holder.close()
+
+
+def test_strict_port_makes_a_taken_pva_port_a_boot_failure(start_relay):
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    taken = holder.getsockname()[1]
+    try:
+        relay = start_relay("--strict-port", env={"EPICS_PVAS_SERVER_PORT": str(taken)},
+                            wait=False, expect_exit=3)
+        reason = wait_boot_failure(relay)
+        assert f"pvAccess TCP port {taken} is taken" in reason, reason
+        assert reason.endswith("(--strict-port)"), reason
     finally:
         holder.close()
 
