@@ -308,7 +308,8 @@ class Autosaver:
                 self.store.write(rows, pending.deleted)
                 break
             except RowError as error:  # that PV alone is left out: the rest are written
-                pending.saved.pop(error.name, None)
+                if pending.saved.pop(error.name, None) is None:
+                    raise  # not a row of ours: a bug elsewhere (never loop on it)
                 self.status.failures += 1
                 self._errors.log(logging.ERROR, "row", "autosave: %s left out of %s (%s, a "
                                  "bug in relayd); the other changes are written", error.name,
