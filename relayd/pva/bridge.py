@@ -48,11 +48,12 @@ class PVAHost(Protocol):
     relay: Relay[Any]
     control: Any  # `relayd.ca.control.ControlPVs`: get(name), delpv, delete_named()
 
-    def report(self, refused: Refused, source: str, way: str = "ca") -> int:
+    def report(self, refused: Refused, source: str, way: str = Way.CA.value) -> int:
         """Count (by way in) and log a refusal."""
 
     def client_put(self, spec: Any, raw: object, ts_ns: int | None = None,
-                   meta: dict | None = None, writer: str = "", way: str = "ca") -> Any:
+                   meta: dict | None = None, writer: str = "",
+                   way: str = Way.CA.value) -> Any:
         """A client's put: convert, make the PV if needed, apply, post; `Refused` if not."""
 
     def meta_changed(self, pv: Any, alarm_changed: bool, now: float) -> None:

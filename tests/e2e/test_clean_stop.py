@@ -99,6 +99,14 @@ def held(reader, relay: RelayProcess, pv: str) -> list[int]:
     return [] if value is None else [int(v) for v in value]
 
 
+def start_again(relay: RelayProcess, reader, pv: str) -> None:
+    """Start the stopped relay again and wait until its publisher's values flow into `pv`."""
+    relay.start()
+    before = len(held(reader, relay, pv))
+    wait_for(lambda: len(held(reader, relay, pv)) > before + 200, 30,
+             what=f"the publisher of {pv} under way again")
+
+
 def received_pushes(log: str) -> int:
     """What the stopped relay's ingest worker says it received."""
     found = re.findall(r"stopping: (\d+) pushes and (\d+) requests received since start "
@@ -122,10 +130,7 @@ def test_a_clean_restart_loses_nothing_the_relay_received(pyepics_client, start_
         first_life = relay.log_text()
         assert code == 0, first_life
         time.sleep(0.3)  # the publishers go on meanwhile: pushes queue, requests time out
-        relay.start()
-        before = len(held(pyepics_client, relay, ACKED))
-        wait_for(lambda: len(held(pyepics_client, relay, ACKED)) > before + 200, 30,
-                 what="the publishers under way again")
+        start_again(relay, pyepics_client, ACKED)
     finally:
         stop_file.touch()
         outcomes = {pv: json.loads(process.communicate(timeout=60)[0])
@@ -187,10 +192,7 @@ def test_pushes_waiting_for_a_stalled_worker_are_not_lost_at_a_stop(pyepics_clie
             os.kill(pid, signal.SIGTERM)
         os.kill(worker, signal.SIGCONT)
         assert relay.process.wait(30) == 0, relay.log_text()
-        relay.start()
-        before = len(held(pyepics_client, relay, PUSHED))
-        wait_for(lambda: len(held(pyepics_client, relay, PUSHED)) > before + 200, 30,
-                 what="the publisher under way again")
+        start_again(relay, pyepics_client, PUSHED)
     finally:
         stop_file.touch()
         sent = json.loads(publisher.communicate(timeout=60)[0])["sent"]
